@@ -1,0 +1,1 @@
+"""Pure ML core: specs, data, validation, training, evaluation. No Dagster imports here."""

@@ -1,0 +1,1 @@
+"""Orchestration: Dagster assets, checks, jobs, schedules, sensors and the resources they reach infrastructure through."""

@@ -1,0 +1,44 @@
+"""Retraining automation per model: a nightly schedule and a sensor that fires when a new batch lands."""
+
+
+import hashlib
+import json
+from typing import Any
+
+import dagster as dg
+
+from mlops_platform.core.spec import ModelSpec
+from mlops_platform.defs.resources import LandingStore
+
+
+def build_retrain_schedule(spec: ModelSpec, job: Any) -> dg.ScheduleDefinition:
+    return dg.ScheduleDefinition(
+        name=f"{spec.name}_nightly_retrain",
+        job=job,
+        cron_schedule=spec.automation.retrain_cron,
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=f"Retrains, gates and redeploys {spec.name} on a schedule ({spec.automation.retrain_cron} UTC).",
+    )
+
+
+def build_new_batch_sensor(spec: ModelSpec, job: Any) -> dg.SensorDefinition:
+    @dg.sensor(
+        name=f"{spec.name}_new_batch_sensor",
+        job=job,
+        minimum_interval_seconds=spec.automation.sensor_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Starts retraining {spec.name} when a batch lands or changes in its landing location.",
+    )
+    def new_batch_sensor(context: dg.SensorEvaluationContext, landing: LandingStore):
+        seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+        current = landing.fingerprint(spec.name)
+        arrived = sorted(name for name, token in current.items() if seen.get(name) != token)
+        # Remember only what is still there, so a batch that is quarantined and lands again fires again.
+        context.update_cursor(json.dumps(current, sort_keys=True))
+        if not arrived:
+            return dg.SkipReason(f"no new batches among {len(current)} in landing")
+        run_key = hashlib.sha256(json.dumps({n: current[n] for n in arrived}, sort_keys=True).encode()).hexdigest()[:16]
+        return dg.RunRequest(run_key=run_key, tags={"trigger": "new_batch", "batches": ",".join(arrived)[:200]})
+
+    return new_batch_sensor

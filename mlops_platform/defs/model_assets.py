@@ -1,0 +1,220 @@
+"""The asset graph of one model, built from its spec: landing → dataset → model → challenger → gate → champion → endpoint."""
+
+import base64
+import time
+from dataclasses import dataclass
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from mlops_platform.core import data, evaluation, training
+from mlops_platform.core.spec import ModelSpec
+from mlops_platform.defs.resources import CHAMPION, LandingStore, MLflowResource, ModelServing
+
+BATCHES_VALID = "batches_valid"
+QUALITY_GATE = "quality_gate"
+
+
+@dataclass
+class TrainingDataset:
+    """The validated rows split into training and holdout, with reference statistics for drift checks."""
+
+    train: pd.DataFrame
+    holdout: pd.DataFrame
+    reference: dict
+
+
+def _png_markdown(png: bytes, title: str) -> dg.MetadataValue:
+    return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{base64.b64encode(png).decode()})")
+
+
+def asset_key(spec: ModelSpec, name: str) -> dg.AssetKey:
+    return dg.AssetKey([spec.name, name])
+
+
+def job_name(spec: ModelSpec) -> str:
+    return f"{spec.name}_train_and_deploy"
+
+
+def build_model_assets(spec: ModelSpec) -> list[dg.AssetsDefinition]:
+    """The assets and checks for one model; nothing here is specific to any model."""
+    group = spec.name
+    features = spec.dataset.features
+    target = spec.dataset.target
+    key = lambda name: asset_key(spec, name)  # noqa: E731
+
+    @dg.asset(
+        key=key("landing_batches"),
+        group_name=group,
+        check_specs=[dg.AssetCheckSpec(BATCHES_VALID, asset=key("landing_batches"), blocking=True,
+                                       description="Every landing batch matches the spec's schema; bad ones are quarantined.")],
+        kinds={"pandas"},
+    )
+    def landing_batches(context: dg.AssetExecutionContext, landing: LandingStore):
+        """Raw batches read from the landing location; bad batches are moved to quarantine."""
+        frames, accepted, quarantined = [], [], {}
+        for name in landing.list_batches(spec.name):
+            frame, report = data.validate_batch(name, landing.read(spec.name, name), spec.dataset)
+            if report.ok:
+                frames.append(frame)
+                accepted.append(name)
+            else:
+                reason = "; ".join(report.problems)
+                quarantined[name] = {"reason": reason, "moved_to": landing.quarantine(spec.name, name, reason)}
+                context.log.warning(f"quarantined batch {name}: {reason}")
+        combined = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=spec.dataset.columns)
+        yield dg.Output(combined, metadata={
+            "rows": len(combined),
+            "accepted_batches": dg.MetadataValue.json(accepted),
+            "quarantined_batches": dg.MetadataValue.json(quarantined),
+        })
+        if quarantined:
+            description = f"{len(quarantined)} batch(es) quarantined: " + "; ".join(f"{n}: {q['reason']}" for n, q in quarantined.items())
+        elif combined.empty:
+            description = "no valid landing batches"
+        else:
+            description = f"{len(accepted)} batch(es), {len(combined)} rows, all valid"
+        yield dg.AssetCheckResult(
+            check_name=BATCHES_VALID,
+            passed=bool(not quarantined and not combined.empty),
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=description,
+            metadata={"quarantined": dg.MetadataValue.json(quarantined)},
+        )
+
+    @dg.asset(key=key("training_dataset"), group_name=group, ins={"batches": dg.AssetIn(key("landing_batches"))}, kinds={"pandas"})
+    def training_dataset(batches: pd.DataFrame) -> dg.Output[TrainingDataset]:
+        """Validated rows split into training and holdout, with reference statistics for drift checks."""
+        split = data.split_dataset(batches, spec.dataset)
+        reference = data.reference_statistics(split.train, spec.dataset)
+        dataset = TrainingDataset(train=split.train, holdout=split.holdout, reference=reference)
+        return dg.Output(dataset, metadata={
+            "train_rows": len(split.train),
+            "holdout_rows": len(split.holdout),
+            "target_distribution": dg.MetadataValue.json(reference["target_distribution"]),
+            "preview": dg.MetadataValue.md(split.train.head(5).to_markdown(index=False)),
+        })
+
+    @dg.asset(key=key("trained_model"), group_name=group, ins={"dataset": dg.AssetIn(key("training_dataset"))},
+              kinds={spec.estimator.framework, "mlflow"}, op_tags=_training_op_tags(spec))
+    def trained_model(context: dg.AssetExecutionContext, dataset: TrainingDataset, mlflow: MLflowResource) -> dg.Output[dict]:
+        """The spec's estimator fitted on the training rows and logged to MLflow with its holdout metrics."""
+        started = time.perf_counter()
+        model = training.train(spec, dataset.train)
+        train_seconds = time.perf_counter() - started
+        x_holdout = training.feature_matrix(dataset.holdout, features)
+        y_holdout = dataset.holdout[target].to_numpy()
+        metrics = evaluation.evaluate(model, x_holdout, y_holdout, spec.metrics)
+        png = evaluation.confusion_matrix_png(model, x_holdout, y_holdout, f"{spec.name} holdout")
+        run = mlflow.log_training(
+            spec, model, dataset.train,
+            params=training.hyperparameters(spec),
+            metrics=metrics,
+            tags={"dagster_run_id": context.run.run_id, "model": spec.name, "framework": spec.estimator.framework},
+            images={"confusion_matrix.png": png},
+            documents={"reference_statistics.json": dataset.reference},
+        )
+        result = {"run_id": run.run_id, "model_uri": run.model_uri, "experiment_id": run.experiment_id, "metrics": metrics}
+        return dg.Output(result, metadata={
+            "mlflow_run_id": run.run_id,
+            "mlflow_run": dg.MetadataValue.url(run.url),
+            "train_seconds": round(train_seconds, 3),
+            **{f"holdout_{k}": round(v, 4) for k, v in metrics.items()},
+            "confusion_matrix": _png_markdown(png, "confusion matrix"),
+        })
+
+    @dg.asset(key=key("challenger"), group_name=group, ins={"trained": dg.AssetIn(key("trained_model"))}, kinds={"mlflow"})
+    def challenger(context: dg.AssetExecutionContext, trained: dict, mlflow: MLflowResource) -> dg.Output[dict]:
+        """A new registered MLflow version of the trained model, aliased `challenger`."""
+        from mlops_platform.defs.resources import LoggedRun
+
+        run = LoggedRun(trained["run_id"], trained["experiment_id"], trained["model_uri"], "")
+        version = mlflow.register(spec, run, tags={"dagster_run_id": context.run.run_id})
+        return dg.Output({"version": version, **trained}, metadata={
+            "model_version": version,
+            "mlflow_run_id": trained["run_id"],
+            "registered_model": dg.MetadataValue.url(f"{mlflow.ui_url.rstrip('/')}/#/models/{spec.registered_name}/versions/{version}"),
+        })
+
+    @dg.asset(
+        key=key("evaluation"),
+        group_name=group,
+        ins={"dataset": dg.AssetIn(key("training_dataset")), "candidate": dg.AssetIn(key("challenger"))},
+        check_specs=[dg.AssetCheckSpec(QUALITY_GATE, asset=key("evaluation"), blocking=True,
+                                       description=f"{spec.gate.metric} ≥ {spec.gate.min_value} and no regression beyond "
+                                                   f"{spec.gate.max_regression} against the champion.")],
+        kinds={"mlflow"},
+    )
+    def evaluation_asset(dataset: TrainingDataset, candidate: dict, mlflow: MLflowResource):
+        """Challenger and current champion scored on the same holdout; the quality gate decides."""
+        x_holdout = training.feature_matrix(dataset.holdout, features)
+        y_holdout = dataset.holdout[target].to_numpy()
+        name = spec.registered_name
+        challenger_metrics = evaluation.evaluate(mlflow.load(name, candidate["version"]), x_holdout, y_holdout, spec.metrics)
+        champion_version = mlflow.version_for(name, CHAMPION)
+        champion_metrics = None
+        if champion_version is not None:
+            champion_metrics = evaluation.evaluate(mlflow.load(name, champion_version), x_holdout, y_holdout, spec.metrics)
+        decision = evaluation.gate_decision(spec.gate, challenger_metrics, champion_metrics)
+        mlflow.tag_version(name, candidate["version"], {
+            QUALITY_GATE: "passed" if decision.passed else "failed",
+            f"{QUALITY_GATE}_reason": decision.reason,
+        })
+        result = {
+            "challenger_version": candidate["version"],
+            "champion_version": champion_version,
+            "challenger_metrics": challenger_metrics,
+            "champion_metrics": champion_metrics,
+            "decision": decision.to_dict(),
+        }
+        yield dg.Output(result, metadata={
+            "challenger_version": candidate["version"],
+            "champion_version": champion_version or "none",
+            "challenger_metrics": dg.MetadataValue.json(challenger_metrics),
+            "champion_metrics": dg.MetadataValue.json(champion_metrics or {}),
+            "holdout_rows": len(y_holdout),
+        })
+        yield dg.AssetCheckResult(
+            check_name=QUALITY_GATE,
+            passed=decision.passed,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=decision.reason,
+            metadata={"metric": decision.metric, "challenger": decision.challenger,
+                      "champion": decision.champion if decision.champion is not None else "none"},
+        )
+
+    @dg.asset(key=key("champion"), group_name=group, ins={"report": dg.AssetIn(key("evaluation"))}, kinds={"mlflow"})
+    def champion(report: dict, mlflow: MLflowResource) -> dg.Output[dict]:
+        """The registered version aliased `champion`; moves only after the quality gate passed."""
+        version = report["challenger_version"]
+        previous = mlflow.promote(spec.registered_name, version)
+        return dg.Output({"version": version, "previous": previous},
+                         metadata={"model_version": version, "previous_champion": previous or "none"})
+
+    @dg.asset(key=key("endpoint"), group_name=group,
+              ins={"current": dg.AssetIn(key("champion")), "dataset": dg.AssetIn(key("training_dataset"))}, kinds={"kserve"})
+    def endpoint(current: dict, dataset: TrainingDataset, serving: ModelServing) -> dg.Output[dict]:
+        """The champion served over KServe's V1 and V2 protocols, checked with a live prediction."""
+        import requests
+
+        served = serving.deploy(spec.registered_name, current["version"])
+        sample = dataset.holdout[features].head(3).to_numpy(dtype=np.float64).tolist()
+        response = requests.post(served.v1_predict_url, json={"instances": sample}, timeout=30)
+        response.raise_for_status()
+        predictions = response.json()["predictions"]
+        return dg.Output(
+            {"url": served.base_url, "name": served.name, "version": served.version},
+            metadata={
+                "model_version": served.version,
+                "v1_predict": dg.MetadataValue.url(served.v1_predict_url),
+                "v2_infer": dg.MetadataValue.url(served.v2_infer_url),
+                "smoke_predictions": dg.MetadataValue.json(predictions),
+            },
+        )
+
+    return [landing_batches, training_dataset, trained_model, challenger, evaluation_asset, champion, endpoint]
+
+
+def _training_op_tags(spec: ModelSpec) -> dict:
+    return {}

@@ -1,0 +1,144 @@
+"""Profiles: the one table that maps each deployment (`local`, `aws`, `azure`, `gcp`) to its resources and executor."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import dagster as dg
+
+from mlops_platform.defs.resources import (
+    ADLS2LandingStore,
+    GCSLandingStore,
+    LocalLandingStore,
+    LocalModelServer,
+    MLflowResource,
+    S3LandingStore,
+)
+
+PROFILE_ENV = "MLOPS_PROFILE"
+HOME_ENV = "MLOPS_HOME"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Profile:
+    resources: dict[str, Any]
+    executor: dg.ExecutorDefinition
+
+
+def local_home() -> Path:
+    """Everything the embedded default writes (MLflow store, landing, quarantine, server state) lives here."""
+    return Path(os.environ.get(HOME_ENV) or PROJECT_ROOT / "var").resolve()
+
+
+def _local() -> Profile:
+    home = local_home()
+    mlflow = MLflowResource(
+        tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
+        artifact_root=str(home / "mlflow" / "artifacts"),
+        ui_url=os.environ.get("MLOPS_MLFLOW_UI_URL", "http://127.0.0.1:5000"),
+    )
+    (home / "mlflow").mkdir(parents=True, exist_ok=True)
+    return Profile(
+        resources={
+            "mlflow": mlflow,
+            "landing": LocalLandingStore(landing_dir=str(home / "landing"), quarantine_dir=str(home / "quarantine")),
+            "serving": LocalModelServer(
+                mlflow=mlflow,
+                host="127.0.0.1",
+                port=int(os.environ.get("MLOPS_SERVING_PORT", "8080")),
+                state_dir=str(home / "serving"),
+            ),
+            "io_manager": dg.FilesystemIOManager(),
+        },
+        executor=dg.in_process_executor,
+    )
+
+
+def _cloud_mlflow() -> MLflowResource:
+    return MLflowResource(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"), ui_url=dg.EnvVar("MLOPS_MLFLOW_UI_URL"))
+
+
+def _cloud_serving() -> Any:
+    from mlops_platform.defs.kserve_cluster import KServeClusterServing
+
+    return KServeClusterServing(
+        namespace=dg.EnvVar("MLOPS_KSERVE_NAMESPACE"),
+        image=dg.EnvVar("MLOPS_SERVING_IMAGE"),
+        tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"),
+        service_account=dg.EnvVar("MLOPS_KSERVE_SERVICE_ACCOUNT"),
+        base_url=dg.EnvVar("MLOPS_SERVING_BASE_URL"),
+    )
+
+
+def _k8s_executor() -> dg.ExecutorDefinition:
+    from dagster_k8s import k8s_job_executor
+
+    return k8s_job_executor
+
+
+def _aws() -> Profile:
+    from dagster_aws.s3 import S3PickleIOManager, S3Resource
+
+    s3 = S3Resource(region_name=dg.EnvVar("AWS_REGION"))
+    return Profile(
+        resources={
+            "mlflow": _cloud_mlflow(),
+            "landing": S3LandingStore(s3=s3, landing_uri=dg.EnvVar("MLOPS_LANDING_URI"),
+                                      quarantine_uri=dg.EnvVar("MLOPS_QUARANTINE_URI")),
+            "serving": _cloud_serving(),
+            "io_manager": S3PickleIOManager(s3_resource=s3, s3_bucket=dg.EnvVar("MLOPS_BUCKET"), s3_prefix="dagster-io"),
+        },
+        executor=_k8s_executor(),
+    )
+
+
+def _azure() -> Profile:
+    from dagster_azure.adls2 import ADLS2DefaultAzureCredential, ADLS2PickleIOManager, ADLS2Resource
+
+    adls2 = ADLS2Resource(storage_account=dg.EnvVar("MLOPS_STORAGE_ACCOUNT"),
+                          credential=ADLS2DefaultAzureCredential(kwargs={}))  # workload identity, no static keys
+    return Profile(
+        resources={
+            "mlflow": _cloud_mlflow(),
+            "landing": ADLS2LandingStore(adls2=adls2, landing_uri=dg.EnvVar("MLOPS_LANDING_URI"),
+                                         quarantine_uri=dg.EnvVar("MLOPS_QUARANTINE_URI")),
+            "serving": _cloud_serving(),
+            "io_manager": ADLS2PickleIOManager(adls2=adls2, adls2_file_system=dg.EnvVar("MLOPS_CONTAINER"),
+                                               adls2_prefix="dagster-io"),
+        },
+        executor=_k8s_executor(),
+    )
+
+
+def _gcp() -> Profile:
+    from dagster_gcp import GCSPickleIOManager, GCSResource
+
+    gcs = GCSResource(project=dg.EnvVar("MLOPS_GCP_PROJECT"))
+    return Profile(
+        resources={
+            "mlflow": _cloud_mlflow(),
+            "landing": GCSLandingStore(gcs=gcs, landing_uri=dg.EnvVar("MLOPS_LANDING_URI"),
+                                       quarantine_uri=dg.EnvVar("MLOPS_QUARANTINE_URI")),
+            "serving": _cloud_serving(),
+            "io_manager": GCSPickleIOManager(gcs=gcs, gcs_bucket=dg.EnvVar("MLOPS_BUCKET"), gcs_prefix="dagster-io"),
+        },
+        executor=_k8s_executor(),
+    )
+
+
+PROFILES: dict[str, Callable[[], Profile]] = {"local": _local, "aws": _aws, "azure": _azure, "gcp": _gcp}
+
+
+def current_profile_name() -> str:
+    name = os.environ.get(PROFILE_ENV, "local")
+    if name not in PROFILES:
+        raise ValueError(f"{PROFILE_ENV}={name!r} is not a profile; choose one of {sorted(PROFILES)}")
+    return name
+
+
+def load_profile(name: str | None = None) -> Profile:
+    return PROFILES[name or current_profile_name()]()

@@ -1,0 +1,1 @@
+"""The one serving runtime: a KServe model server that hosts MLflow champions, locally and in the cluster."""

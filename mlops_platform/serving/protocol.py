@@ -1,0 +1,121 @@
+"""KServe V1 and V2 request parsing and response building for tabular classifiers: the protocol lives here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+_NUMERIC_KINDS = "iuf"
+NUMERIC_V2_TYPES = frozenset({"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
+
+
+def _matrix(rows: Any, n_features: int, where: str) -> np.ndarray:
+    """A float matrix from nested lists, with a message for each way it can be malformed."""
+    try:
+        array = np.asarray(rows)
+    except ValueError:  # numpy refuses ragged nesting
+        raise InvalidInput(f"{where}: rows have different lengths") from None
+    if array.size == 0:
+        raise InvalidInput(f"{where}: no rows to predict")
+    if array.dtype.kind not in _NUMERIC_KINDS:
+        raise InvalidInput(f"{where}: every value must be a number")
+    if array.ndim == 1 and n_features == 1:
+        array = array.reshape(-1, 1)
+    if array.ndim != 2:
+        raise InvalidInput(f"{where}: expected a list of rows, each a list of {n_features} numbers")
+    if array.shape[1] != n_features:
+        raise InvalidInput(f"{where}: each row needs {n_features} features, got {array.shape[1]}")
+    return np.ascontiguousarray(array, dtype=np.float64)
+
+
+def parse_v1(body: Any, feature_names: list[str]) -> np.ndarray:
+    """`{"instances": [[...], ...]}` or `{"instances": [{"feature": value, ...}, ...]}`."""
+    if not isinstance(body, dict):
+        raise InvalidInput("request body must be a JSON object with an 'instances' list")
+    if "instances" not in body:
+        raise InvalidInput("request body must contain 'instances': a list of rows")
+    instances = body["instances"]
+    if not isinstance(instances, list):
+        raise InvalidInput("'instances' must be a list of rows")
+    if instances and isinstance(instances[0], dict):
+        rows = []
+        for i, row in enumerate(instances):
+            if not isinstance(row, dict):
+                raise InvalidInput(f"instances[{i}]: mixes objects and lists")
+            missing = [f for f in feature_names if f not in row]
+            unknown = [k for k in row if k not in feature_names]
+            if missing or unknown:
+                raise InvalidInput(f"instances[{i}]: missing features {missing}, unknown features {unknown}")
+            rows.append([row[f] for f in feature_names])
+        instances = rows
+    return _matrix(instances, len(feature_names), "instances")
+
+
+def parse_v2(request: InferRequest, feature_names: list[str]) -> np.ndarray:
+    """One tensor of shape [rows, features], or one tensor per feature named after it."""
+    inputs = request.inputs
+    if not inputs:
+        raise InvalidInput("request must contain at least one input tensor in 'inputs'")
+    n_features = len(feature_names)
+    if len(inputs) == 1 and inputs[0].name not in feature_names[1:]:
+        return _matrix(_tensor(inputs[0]), n_features, f"input {inputs[0].name!r}")
+    by_name = {tensor.name: tensor for tensor in inputs}
+    missing = [f for f in feature_names if f not in by_name]
+    unknown = [n for n in by_name if n not in feature_names]
+    if missing or unknown:
+        raise InvalidInput(f"named inputs must match the features: missing {missing}, unknown {unknown}")
+    columns = [_tensor(by_name[f]).reshape(-1) for f in feature_names]
+    if len({len(c) for c in columns}) != 1:
+        raise InvalidInput("named input tensors have different lengths")
+    return _matrix(np.stack(columns, axis=1), n_features, "inputs")
+
+
+def _tensor(tensor: Any) -> np.ndarray:
+    if tensor.datatype not in NUMERIC_V2_TYPES:
+        raise InvalidInput(f"input {tensor.name!r}: datatype {tensor.datatype!r} is not one of {sorted(NUMERIC_V2_TYPES)}")
+    shape = list(tensor.shape)
+    data = tensor.data
+    if not isinstance(data, list):
+        raise InvalidInput(f"input {tensor.name!r}: 'data' must be a list")
+    flat = np.asarray(data).reshape(-1) if data and isinstance(data[0], list) else data
+    expected = int(np.prod(shape)) if shape else 0
+    if len(flat) != expected:
+        raise InvalidInput(f"input {tensor.name!r}: shape {shape} needs {expected} values, 'data' has {len(flat)}")
+    try:
+        array = np.asarray(flat)
+    except ValueError:
+        raise InvalidInput(f"input {tensor.name!r}: rows of 'data' have different lengths") from None
+    if array.dtype.kind not in _NUMERIC_KINDS:
+        raise InvalidInput(f"input {tensor.name!r}: every value must be a number")
+    return array.reshape(shape)
+
+
+def v1_response(labels: np.ndarray) -> dict:
+    return {"predictions": labels.tolist()}
+
+
+def v2_response(model_name: str, version: str, request_id: str | None, labels: np.ndarray, proba: np.ndarray) -> InferResponse:
+    predict = InferOutput(name="predict", shape=list(labels.shape), datatype="INT64")
+    predict.set_data_from_numpy(labels.astype(np.int64), binary_data=False)
+    probabilities = InferOutput(name="probabilities", shape=list(proba.shape), datatype="FP64")
+    probabilities.set_data_from_numpy(proba.astype(np.float64), binary_data=False)
+    return InferResponse(
+        response_id=request_id or "",
+        model_name=model_name,
+        model_version=version,
+        infer_outputs=[predict, probabilities],
+    )
+
+
+def input_metadata(feature_names: list[str]) -> list[dict]:
+    return [{"name": "input-0", "datatype": "FP64", "shape": [-1, len(feature_names)]}]
+
+
+def output_metadata(n_classes: int) -> list[dict]:
+    return [
+        {"name": "predict", "datatype": "INT64", "shape": [-1]},
+        {"name": "probabilities", "datatype": "FP64", "shape": [-1, n_classes]},
+    ]
