@@ -1,0 +1,65 @@
+# Two commands on a fresh machine: `make run` (the whole loop on the embedded default) and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+JOB ?= train_and_deploy_all
+
+export MLOPS_HOME ?= $(CURDIR)/var
+export DAGSTER_HOME ?= $(MLOPS_HOME)/dagster_home
+export MLOPS_PROFILE ?= local
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip check
+	touch $@
+
+install: $(VENV)/.installed ## create the virtualenv and install the pinned dependencies
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $@
+
+home: install $(DAGSTER_HOME)/dagster.yaml
+
+run: home ## seed landing, run the end-to-end job, print the endpoint and a prediction
+	$(PY) -m mlops_platform.cli seed
+	$(BIN)/dagster job execute -m mlops_platform.definitions -j $(JOB)
+	$(PY) -m mlops_platform.cli predict
+
+launch: home ## launch the job through the run launcher, as `dagster job launch` does
+	$(BIN)/dagster job launch -w workspace.yaml -j $(JOB)
+
+test: install ## run the test suite
+	$(BIN)/pytest
+
+ui: home ## open the Dagster UI on http://127.0.0.1:3000
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+mlflow-ui: home ## open the MLflow UI on http://127.0.0.1:5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(MLOPS_HOME)/mlflow/mlflow.db --host 127.0.0.1 --port 5000
+
+stop: ## stop the local model server
+	@if [ -x $(PY) ]; then $(PY) -m mlops_platform.cli stop; fi
+
+validate: home ## `dagster definitions validate` for every profile
+	for p in local aws azure gcp; do MLOPS_PROFILE=$$p $(BIN)/dagster definitions validate -m mlops_platform.definitions || exit 1; done
+
+bench: home ## end-to-end benchmark: wall time split into compute and orchestration
+	$(PY) bench/e2e_local.py
+
+lock: install ## regenerate constraints.txt from the current virtualenv
+	( sed -n '1,2p' constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -v '^-e ' ) > constraints.tmp && mv constraints.tmp constraints.txt
+
+clean: stop ## stop the server and delete local state (MLflow store, Dagster home, landing)
+	rm -rf $(MLOPS_HOME)
+
+.PHONY: help install home run launch test ui mlflow-ui stop validate bench lock clean

@@ -1,0 +1,98 @@
+"""End-to-end benchmark of the local job: wall time from job start to the champion serving, split into compute and orchestration.
+
+Runs in a fresh temporary platform home (MLflow on SQLite, Dagster instance, a real KServe server on a free loopback port):
+  cold  - the first run, which also starts the model server;
+  warm  - a retrain with the server already up (what the schedule and sensor do);
+  cli   - `dagster job execute` as a subprocess, interpreter start and imports included.
+Per-step time is STEP_START → STEP_SUCCESS from Dagster's event log; orchestration is the rest of the run's wall time.
+Ends with one JSON line of figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _timed_run(job) -> dict:
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as instance:
+        started = time.perf_counter()
+        result = job.execute_in_process(instance=instance, raise_on_error=True)
+        wall = time.perf_counter() - started
+        records = instance.get_records_for_run(result.run_id).records
+    starts, steps = {}, {}
+    for record in records:
+        event = record.event_log_entry
+        if not event.is_dagster_event:
+            continue
+        kind = event.dagster_event.event_type_value
+        if kind == "STEP_START":
+            starts[event.step_key] = event.timestamp
+        elif kind == "STEP_SUCCESS":
+            steps[event.step_key.split("__")[-1]] = round(event.timestamp - starts[event.step_key], 3)
+    compute = sum(steps.values())
+    return {
+        "wall_s": round(wall, 3),
+        "compute_s": round(compute, 3),
+        "orchestration_s": round(wall - compute, 3),
+        "orchestration_fraction": round((wall - compute) / wall, 3),
+        "steps_s": steps,
+    }
+
+
+def main() -> None:
+    home = Path(tempfile.mkdtemp(prefix="mlops-bench-"))
+    (home / "dagster_home").mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster_home" / "dagster.yaml")
+    os.environ.update(MLOPS_HOME=str(home), DAGSTER_HOME=str(home / "dagster_home"),
+                      MLOPS_SERVING_PORT=str(_free_port()), MLOPS_PROFILE="local")
+    from mlops_platform.cli import main as cli
+    from mlops_platform.definitions import build_definitions
+    from mlops_platform.defs.profiles import load_profile
+
+    serving = load_profile().resources["serving"]
+    try:
+        cli(["seed", "--model", "breast_cancer"])
+        job = build_definitions().resolve_job_def("breast_cancer_train_and_deploy")
+        cold = _timed_run(job)
+        warm = _timed_run(job)
+        started = time.perf_counter()
+        subprocess.run([str(Path(sys.executable).parent / "dagster"), "job", "execute", "-m", "mlops_platform.definitions",
+                        "-j", "breast_cancer_train_and_deploy"], cwd=REPO, check=True, capture_output=True)
+        cli_wall = round(time.perf_counter() - started, 3)
+    finally:
+        serving.stop()
+        shutil.rmtree(home, ignore_errors=True)
+    figures = {
+        "benchmark": "e2e_local",
+        "machine": f"{os.cpu_count()} cpu",
+        "cold": cold,
+        "warm": warm,
+        "cli_execute_wall_s": cli_wall,
+        "target_wall_s": 60,
+        "target_orchestration_fraction": 0.25,
+        "meets_targets": cold["wall_s"] <= 60 and cold["orchestration_fraction"] <= 0.25 and cli_wall <= 60,
+    }
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

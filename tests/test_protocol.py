@@ -1,0 +1,72 @@
+"""Request parsing for KServe V1 and V2: every malformed shape is an InvalidInput with a message."""
+
+import numpy as np
+import pytest
+from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import InferInput, InferRequest
+
+from mlops_platform.serving import protocol
+
+FEATURES = ["a", "b", "c"]
+
+
+def test_v1_lists_and_objects():
+    assert protocol.parse_v1({"instances": [[1, 2, 3.5]]}, FEATURES).tolist() == [[1.0, 2.0, 3.5]]
+    rows = {"instances": [{"c": 3, "a": 1, "b": 2}]}
+    assert protocol.parse_v1(rows, FEATURES).tolist() == [[1.0, 2.0, 3.0]]
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ([1, 2], "must be a JSON object"),
+        ({"inputs": []}, "must contain 'instances'"),
+        ({"instances": "x"}, "'instances' must be a list"),
+        ({"instances": []}, "no rows to predict"),
+        ({"instances": [[1, 2]]}, "each row needs 3 features, got 2"),
+        ({"instances": [[1, 2, 3], [1, 2]]}, "rows have different lengths"),
+        ({"instances": [[1, "x", 3]]}, "every value must be a number"),
+        ({"instances": [[1, None, 3]]}, "every value must be a number"),
+        ({"instances": [{"a": 1, "b": 2}]}, "missing features ['c']"),
+        ({"instances": [{"a": 1, "b": 2, "c": 3, "d": 4}]}, "unknown features ['d']"),
+    ],
+)
+def test_v1_malformed(body, message):
+    with pytest.raises(InvalidInput, match=None) as caught:
+        protocol.parse_v1(body, FEATURES)
+    assert message in str(caught.value)
+
+
+def _request(*inputs):
+    return InferRequest(model_name="m", infer_inputs=list(inputs))
+
+
+def test_v2_matrix_and_named_columns():
+    matrix = InferInput("input-0", [2, 3], "FP32", data=[1, 2, 3, 4, 5, 6])
+    assert protocol.parse_v2(_request(matrix), FEATURES).shape == (2, 3)
+    columns = [InferInput(name, [2], "FP64", data=[i, i]) for i, name in enumerate(FEATURES)]
+    assert protocol.parse_v2(_request(*columns), FEATURES).tolist() == [[0, 1, 2], [0, 1, 2]]
+
+
+@pytest.mark.parametrize(
+    "inputs, message",
+    [
+        ([], "at least one input"),
+        ([InferInput("x", [2, 3], "FP32", data=[1, 2, 3])], "shape [2, 3] needs 6 values"),
+        ([InferInput("x", [1, 2], "FP32", data=[1, 2])], "each row needs 3 features"),
+        ([InferInput("x", [1, 3], "BYTES", data=["a", "b", "c"])], "datatype 'BYTES'"),
+        ([InferInput("a", [1], "FP32", data=[1]), InferInput("z", [1], "FP32", data=[1])], "unknown ['z']"),
+    ],
+)
+def test_v2_malformed(inputs, message):
+    with pytest.raises(InvalidInput) as caught:
+        protocol.parse_v2(_request(*inputs), FEATURES)
+    assert message in str(caught.value)
+
+
+def test_v2_response_carries_labels_probabilities_and_version():
+    response = protocol.v2_response("m", "7", "r1", np.array([1, 0]), np.array([[0.2, 0.8], [0.9, 0.1]]))
+    rest, _ = response.to_rest()
+    assert rest["model_version"] == "7"
+    assert [o["name"] for o in rest["outputs"]] == ["predict", "probabilities"]
+    assert rest["outputs"][0]["data"] == [1, 0]
