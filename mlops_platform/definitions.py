@@ -7,13 +7,13 @@ import dagster as dg
 from mlops_platform.core.spec import ModelSpec, load_specs
 from mlops_platform.defs.automation import build_new_batch_sensor, build_retrain_schedule
 from mlops_platform.defs.model_assets import build_model_assets, job_name
-from mlops_platform.defs.profiles import load_profile
+from mlops_platform.defs.profiles import Profile, load_profile
 
 ALL_MODELS_JOB = "train_and_deploy_all"
 
 
-def model_definitions(spec: ModelSpec) -> dg.Definitions:
-    assets = build_model_assets(spec)
+def model_definitions(spec: ModelSpec, profile: Profile) -> dg.Definitions:
+    assets = build_model_assets(spec, profile.gpu_step_tags, profile.cpu_step_tags)
     job = dg.define_asset_job(
         job_name(spec),
         selection=dg.AssetSelection.groups(spec.name),
@@ -36,7 +36,7 @@ def build_definitions(specs: list[ModelSpec] | None = None, profile: str | None 
         description="The end-to-end job for every declared model.",
     )
     return dg.Definitions.merge(
-        *[model_definitions(spec) for spec in specs],
+        *[model_definitions(spec, chosen) for spec in specs],
         dg.Definitions(jobs=[every_model], resources=chosen.resources, executor=chosen.executor),
     )
 

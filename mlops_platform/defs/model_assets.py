@@ -12,6 +12,7 @@ from mlops_platform.core import data, evaluation, training
 from mlops_platform.core.spec import ModelSpec
 from mlops_platform.defs.resources import CHAMPION, LandingStore, MLflowResource, ModelServing
 
+GPU_POOL = "gpu"
 BATCHES_VALID = "batches_valid"
 QUALITY_GATE = "quality_gate"
 
@@ -37,16 +38,23 @@ def job_name(spec: ModelSpec) -> str:
     return f"{spec.name}_train_and_deploy"
 
 
-def build_model_assets(spec: ModelSpec) -> list[dg.AssetsDefinition]:
-    """The assets and checks for one model; nothing here is specific to any model."""
+def build_model_assets(spec: ModelSpec, gpu_step_tags: dict | None = None, cpu_step_tags: dict | None = None) -> list[dg.AssetsDefinition]:
+    """The assets and checks for one model; nothing here is specific to any model.
+
+    The step tags come from the profile (Kubernetes placement in the cloud, nothing locally); a torch model's
+    training step gets the GPU tags and joins the `gpu` pool, which caps how many run at once across all runs.
+    """
     group = spec.name
+    on_gpu = spec.estimator.framework == "torch"
+    cpu_tags = cpu_step_tags or {}
+    train_tags = (gpu_step_tags or {}) if on_gpu else cpu_tags
     features = spec.dataset.features
     target = spec.dataset.target
     key = lambda name: asset_key(spec, name)  # noqa: E731
 
     @dg.asset(
         key=key("landing_batches"),
-        group_name=group,
+        group_name=group, op_tags=cpu_tags,
         check_specs=[dg.AssetCheckSpec(BATCHES_VALID, asset=key("landing_batches"), blocking=True,
                                        description="Every landing batch matches the spec's schema; bad ones are quarantined.")],
         kinds={"pandas"},
@@ -83,7 +91,7 @@ def build_model_assets(spec: ModelSpec) -> list[dg.AssetsDefinition]:
             metadata={"quarantined": dg.MetadataValue.json(quarantined)},
         )
 
-    @dg.asset(key=key("training_dataset"), group_name=group, ins={"batches": dg.AssetIn(key("landing_batches"))}, kinds={"pandas"})
+    @dg.asset(key=key("training_dataset"), group_name=group, op_tags=cpu_tags, ins={"batches": dg.AssetIn(key("landing_batches"))}, kinds={"pandas"})
     def training_dataset(batches: pd.DataFrame) -> dg.Output[TrainingDataset]:
         """Validated rows split into training and holdout, with reference statistics for drift checks."""
         split = data.split_dataset(batches, spec.dataset)
@@ -97,7 +105,7 @@ def build_model_assets(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         })
 
     @dg.asset(key=key("trained_model"), group_name=group, ins={"dataset": dg.AssetIn(key("training_dataset"))},
-              kinds={spec.estimator.framework, "mlflow"}, op_tags=_training_op_tags(spec))
+              kinds={spec.estimator.framework, "mlflow"}, op_tags=train_tags, pool=GPU_POOL if on_gpu else None)
     def trained_model(context: dg.AssetExecutionContext, dataset: TrainingDataset, mlflow: MLflowResource) -> dg.Output[dict]:
         """The spec's estimator fitted on the training rows and logged to MLflow with its holdout metrics."""
         started = time.perf_counter()
@@ -124,7 +132,7 @@ def build_model_assets(spec: ModelSpec) -> list[dg.AssetsDefinition]:
             "confusion_matrix": _png_markdown(png, "confusion matrix"),
         })
 
-    @dg.asset(key=key("challenger"), group_name=group, ins={"trained": dg.AssetIn(key("trained_model"))}, kinds={"mlflow"})
+    @dg.asset(key=key("challenger"), group_name=group, op_tags=cpu_tags, ins={"trained": dg.AssetIn(key("trained_model"))}, kinds={"mlflow"})
     def challenger(context: dg.AssetExecutionContext, trained: dict, mlflow: MLflowResource) -> dg.Output[dict]:
         """A new registered MLflow version of the trained model, aliased `challenger`."""
         from mlops_platform.defs.resources import LoggedRun
@@ -139,7 +147,7 @@ def build_model_assets(spec: ModelSpec) -> list[dg.AssetsDefinition]:
 
     @dg.asset(
         key=key("evaluation"),
-        group_name=group,
+        group_name=group, op_tags=cpu_tags,
         ins={"dataset": dg.AssetIn(key("training_dataset")), "candidate": dg.AssetIn(key("challenger"))},
         check_specs=[dg.AssetCheckSpec(QUALITY_GATE, asset=key("evaluation"), blocking=True,
                                        description=f"{spec.gate.metric} ≥ {spec.gate.min_value} and no regression beyond "
@@ -184,7 +192,7 @@ def build_model_assets(spec: ModelSpec) -> list[dg.AssetsDefinition]:
                       "champion": decision.champion if decision.champion is not None else "none"},
         )
 
-    @dg.asset(key=key("champion"), group_name=group, ins={"report": dg.AssetIn(key("evaluation"))}, kinds={"mlflow"})
+    @dg.asset(key=key("champion"), group_name=group, op_tags=cpu_tags, ins={"report": dg.AssetIn(key("evaluation"))}, kinds={"mlflow"})
     def champion(report: dict, mlflow: MLflowResource) -> dg.Output[dict]:
         """The registered version aliased `champion`; moves only after the quality gate passed."""
         version = report["challenger_version"]
@@ -192,7 +200,7 @@ def build_model_assets(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         return dg.Output({"version": version, "previous": previous},
                          metadata={"model_version": version, "previous_champion": previous or "none"})
 
-    @dg.asset(key=key("endpoint"), group_name=group,
+    @dg.asset(key=key("endpoint"), group_name=group, op_tags=cpu_tags,
               ins={"current": dg.AssetIn(key("champion")), "dataset": dg.AssetIn(key("training_dataset"))}, kinds={"kserve"})
     def endpoint(current: dict, dataset: TrainingDataset, serving: ModelServing) -> dg.Output[dict]:
         """The champion served over KServe's V1 and V2 protocols, checked with a live prediction."""
@@ -215,6 +223,3 @@ def build_model_assets(spec: ModelSpec) -> list[dg.AssetsDefinition]:
 
     return [landing_batches, training_dataset, trained_model, challenger, evaluation_asset, champion, endpoint]
 
-
-def _training_op_tags(spec: ModelSpec) -> dict:
-    return {}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,10 +23,39 @@ HOME_ENV = "MLOPS_HOME"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
+GPU_TAINT = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+# Where GPU steps land in each cloud: the node labels of the GPU pools that infra_cdktf provisions.
+GPU_NODE_SELECTORS = {
+    "aws": {"karpenter.sh/nodepool": "gpu"},
+    "azure": {"kubernetes.azure.com/agentpool": "gpu"},
+    "gcp": {"cloud.google.com/gke-accelerator": "nvidia-l4"},
+}
+
+
 @dataclass(frozen=True)
 class Profile:
     resources: dict[str, Any]
     executor: dg.ExecutorDefinition
+    gpu_step_tags: dict[str, Any] = field(default_factory=dict)
+    cpu_step_tags: dict[str, Any] = field(default_factory=dict)
+
+
+def gpu_step_tags(cloud: str, gpus: int = 1, memory: str = "24Gi") -> dict[str, Any]:
+    """`dagster-k8s/config` for a GPU training step: a GPU limit, memory, the GPU taint's toleration, the GPU pool."""
+    return {"dagster-k8s/config": {
+        "container_config": {"resources": {
+            "requests": {"cpu": "4", "memory": memory, "nvidia.com/gpu": str(gpus)},
+            "limits": {"memory": memory, "nvidia.com/gpu": str(gpus)},
+        }},
+        "pod_spec_config": {"node_selector": GPU_NODE_SELECTORS[cloud], "tolerations": [GPU_TAINT]},
+    }}
+
+
+def cpu_step_tags() -> dict[str, Any]:
+    """`dagster-k8s/config` for every other step: CPU and memory only, never a GPU."""
+    return {"dagster-k8s/config": {"container_config": {"resources": {
+        "requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "4Gi"},
+    }}}}
 
 
 def local_home() -> Path:
@@ -93,6 +122,8 @@ def _aws() -> Profile:
             "io_manager": S3PickleIOManager(s3_resource=s3, s3_bucket=dg.EnvVar("MLOPS_BUCKET"), s3_prefix="dagster-io"),
         },
         executor=_k8s_executor(),
+        gpu_step_tags=gpu_step_tags("aws"),
+        cpu_step_tags=cpu_step_tags(),
     )
 
 
@@ -111,6 +142,8 @@ def _azure() -> Profile:
                                                adls2_prefix="dagster-io"),
         },
         executor=_k8s_executor(),
+        gpu_step_tags=gpu_step_tags("azure"),
+        cpu_step_tags=cpu_step_tags(),
     )
 
 
@@ -127,6 +160,8 @@ def _gcp() -> Profile:
             "io_manager": GCSPickleIOManager(gcs=gcs, gcs_bucket=dg.EnvVar("MLOPS_BUCKET"), gcs_prefix="dagster-io"),
         },
         executor=_k8s_executor(),
+        gpu_step_tags=gpu_step_tags("gcp"),
+        cpu_step_tags=cpu_step_tags(),
     )
 
 

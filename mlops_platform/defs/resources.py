@@ -164,8 +164,11 @@ def _log_model(spec: ModelSpec, model: Classifier, example: pd.DataFrame, signat
         return mlflow_pytorch.log_model(
             model.to_logged(),
             name="model",
+            # A pickled module keeps the platform's TabularMLP (with its classes buffer) as it was trained; MLflow's
+            # default, a torch.export graph, would drop the buffers our runtime reads.
+            serialization_format="pickle",
+            input_example=example.head(5).astype("float32"),
             signature=signature,
-            input_example=example.head(5),
             pip_requirements=[*base, f"torch=={version('torch').split('+')[0]}"],
         )
     from mlflow import sklearn as mlflow_sklearn
