@@ -127,10 +127,12 @@ def fit_mlp(
     std = features[train_idx].std(axis=0)
     std = np.where(std < 1e-6, 1.0, std)  # a constant column must not blow up when it varies later
 
-    x = torch.as_tensor(features, dtype=torch.float32, device=dev)
-    y = torch.as_tensor(y_index, dtype=torch.long, device=dev)
-    x_train, y_train = x[torch.as_tensor(train_idx, device=dev)], y[torch.as_tensor(train_idx, device=dev)]
-    x_val, y_val = x[torch.as_tensor(val_idx, device=dev)], y[torch.as_tensor(val_idx, device=dev)]
+    def on_device(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.as_tensor(features[rows], dtype=torch.float32, device=dev),
+                torch.as_tensor(y_index[rows], dtype=torch.long, device=dev))
+
+    x_train, y_train = on_device(train_idx)
+    x_val, y_val = on_device(val_idx)
 
     model = TabularMLP(features.shape[1], len(classes), hidden_sizes, dropout, mean, std).to(dev)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
