@@ -5,13 +5,21 @@ from __future__ import annotations
 import dagster as dg
 
 from mlops_platform.core import data
-from mlops_platform.core.spec import ModelSpec, load_specs
+from mlops_platform.core.spec import CanarySpec, ModelSpec, SloSpec, load_specs
 from mlops_platform.defs.model_assets import job_name
 from mlops_platform.defs.profiles import load_profile
 
 
 def breast_cancer() -> ModelSpec:
     return next(s for s in load_specs() if s.name == "breast_cancer")
+
+
+def fast(spec: ModelSpec, **canary: float) -> ModelSpec:
+    """The spec with short canary and watch windows, so a test run takes seconds, not tens of seconds."""
+    return spec.model_copy(update={
+        "canary": CanarySpec(**{"window_seconds": 1.5, "min_requests": 20, "max_window_seconds": 6.0, "replay_rps": 200, **canary}),
+        "slo": SloSpec(watch_seconds=1.5, min_requests=20),
+    })
 
 
 def seed(spec: ModelSpec, batches: int = 3) -> None:

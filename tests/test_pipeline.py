@@ -9,9 +9,9 @@ import pytest
 import requests
 
 from mlops_platform.core.spec import EstimatorSpec, GateSpec, StepSpec
-from tests.platform_helpers import breast_cancer, check_results, materialized, resources, run_job, seed
+from tests.platform_helpers import breast_cancer, check_results, fast, materialized, resources, run_job, seed
 
-SPEC = breast_cancer()
+SPEC = fast(breast_cancer())
 NAME = SPEC.registered_name
 
 
@@ -45,9 +45,12 @@ def holdout_rows(n: int = 4) -> tuple[list[list[float]], list[int]]:
 
 def test_first_run_trains_registers_promotes_and_serves(first_run):
     checks = check_results(first_run)
-    assert checks["batches_valid"].passed and checks["quality_gate"].passed
+    assert all(check.passed for check in checks.values())
+    assert set(checks) == {"batches_valid", "quality_gate", "canary_analysis", "slo_guard"}
+    assert "no champion yet" in checks["canary_analysis"].description
     meta = materialized(first_run)
-    assert set(meta) == {"landing_batches", "training_dataset", "trained_model", "challenger", "evaluation", "champion", "endpoint"}
+    assert set(meta) == {"landing_batches", "training_dataset", "trained_model", "challenger", "evaluation", "canary",
+                         "champion", "endpoint"}
     version = meta["challenger"]["model_version"]
     assert champion_version() == version == meta["endpoint"]["model_version"]
     assert meta["trained_model"]["holdout_f1"] >= SPEC.gate.min_value
@@ -149,7 +152,7 @@ def test_worse_challenger_is_not_promoted(first_run):
     gate = check_results(result)["quality_gate"]
     assert not gate.passed
     assert "regresses against the champion" in gate.description
-    assert {"champion", "endpoint"}.isdisjoint(materialized(result))
+    assert {"canary", "champion", "endpoint"}.isdisjoint(materialized(result))
     rejected = materialized(result)["challenger"]["model_version"]
     assert champion_version() == before != rejected
     tags = resources()["mlflow"].client().get_model_version(NAME, rejected).tags
@@ -203,3 +206,6 @@ def test_redeploy_is_idempotent_and_serves_the_new_champion(first_run):
     assert served_version() == [new]
     tags = resources()["mlflow"].client().get_model_version(NAME, before).tags
     assert tags["superseded_by"] == new
+    canary = check_results(result)["canary_analysis"]
+    assert canary.passed and "canary healthy" in canary.description
+    assert resources()["mlflow"].client().get_model_version(NAME, new).tags["canary"] == "passed"

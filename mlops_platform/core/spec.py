@@ -10,6 +10,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mlops_platform.core.canary import CanaryThresholds, SloThresholds
+
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[2] / "examples" / "models"
 MODELS_DIR_ENV = "MLOPS_MODELS_DIR"
 
@@ -100,6 +102,36 @@ class ServingSpec(_Strict):
         return value
 
 
+class CanarySpec(_Strict):
+    """How a challenger that passed the quality gate is tried on live traffic before it becomes champion."""
+
+    traffic_percent: int = Field(10, ge=1, le=50)
+    min_requests: int = Field(50, ge=1)
+    max_error_rate: float = Field(0.01, ge=0.0, le=1.0)
+    max_error_rate_increase: float = Field(0.005, ge=0.0, le=1.0)
+    max_latency_ratio: float = Field(2.0, gt=1.0)
+    min_latency_increase_ms: float = Field(5.0, ge=0.0)
+    window_seconds: float = Field(5.0, gt=0.0)
+    max_window_seconds: float = Field(30.0, gt=0.0)
+    replay_rps: float = Field(200.0, gt=0.0, description="Holdout rows replayed as traffic where there are no users (local).")
+
+    def thresholds(self, slo: "SloSpec | None" = None) -> CanaryThresholds:
+        return CanaryThresholds(**self.model_dump(exclude={"traffic_percent", "replay_rps"}),
+                                max_p95_ms=slo.max_p95_ms if slo else None)
+
+
+class SloSpec(_Strict):
+    """The service level a newly promoted champion must hold during its watch window, or be rolled back."""
+
+    watch_seconds: float = Field(5.0, gt=0.0)
+    min_requests: int = Field(20, ge=1)
+    max_error_rate: float = Field(0.01, ge=0.0, le=1.0)
+    max_p95_ms: float = Field(250.0, gt=0.0)
+
+    def thresholds(self) -> SloThresholds:
+        return SloThresholds(**self.model_dump())
+
+
 class AutomationSpec(_Strict):
     """When the model retrains on its own."""
 
@@ -117,6 +149,8 @@ class ModelSpec(_Strict):
     metrics: list[str] = Field(default_factory=lambda: ["accuracy", "f1", "roc_auc"])
     gate: GateSpec
     serving: ServingSpec = Field(default_factory=ServingSpec)
+    canary: CanarySpec = Field(default_factory=CanarySpec)
+    slo: SloSpec = Field(default_factory=SloSpec)
     automation: AutomationSpec = Field(default_factory=AutomationSpec)
 
     @field_validator("name")

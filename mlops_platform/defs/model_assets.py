@@ -1,4 +1,5 @@
-"""The asset graph of one model, built from its spec: landing → dataset → model → challenger → gate → champion → endpoint."""
+"""The asset graph of one model, built from its spec:
+landing → dataset → model → challenger → gate → canary → champion → watched endpoint."""
 
 import base64
 import time
@@ -8,13 +9,15 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from mlops_platform.core import data, evaluation, training
+from mlops_platform.core import canary, data, evaluation, training
 from mlops_platform.core.spec import ModelSpec
-from mlops_platform.defs.resources import CHAMPION, LandingStore, MLflowResource, ModelServing
+from mlops_platform.defs.resources import CHAMPION, Endpoint, LandingStore, MLflowResource, ModelServing
 
 GPU_POOL = "gpu"
 BATCHES_VALID = "batches_valid"
 QUALITY_GATE = "quality_gate"
+CANARY_ANALYSIS = "canary_analysis"
+SLO_GUARD = "slo_guard"
 
 
 @dataclass
@@ -24,10 +27,46 @@ class TrainingDataset:
     train: pd.DataFrame
     holdout: pd.DataFrame
     reference: dict
+    features: list[str]
 
 
 def _png_markdown(png: bytes, title: str) -> dg.MetadataValue:
     return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{base64.b64encode(png).decode()})")
+
+
+def _replay_rows(dataset: "TrainingDataset", limit: int = 256) -> list[list[float]]:
+    return dataset.holdout[dataset.features].head(limit).to_numpy(dtype=np.float64).tolist()
+
+
+def release_canary(spec: ModelSpec, mlflow: MLflowResource, serving: ModelServing, stable: str | None, version: str,
+                   rows: list[list[float]]) -> dict:
+    """Serve `version` as canary beside `stable`, judge it on live traffic, roll it back unless it passes; tags the verdict."""
+    name = spec.registered_name
+    if stable is None:
+        verdict = {"outcome": canary.PROMOTE, "reason": "no champion yet: nothing to compare against", "elapsed_s": 0.0}
+    else:
+        started = time.perf_counter()
+        serving.set_routing(name, stable, version, spec.canary.traffic_percent)
+        with serving.replay(name, rows, spec.canary.replay_rps):
+            result = canary.analyze(lambda: serving.snapshot(name), spec.canary.thresholds(spec.slo))
+        if result.outcome != canary.PROMOTE:
+            serving.set_routing(name, stable)  # automatic rollback: the canary leaves, stable takes 100%
+        verdict = {**result.to_dict(), "seconds_to_decision": round(time.perf_counter() - started, 3)}
+    passed = verdict["outcome"] == canary.PROMOTE
+    mlflow.tag_version(name, version, {"canary": "passed" if passed else "rejected", "canary_reason": verdict["reason"]})
+    return verdict
+
+
+def guard_champion(spec: ModelSpec, mlflow: MLflowResource, serving: ModelServing, version: str, previous: str | None,
+                   rows: list[list[float]]) -> tuple[canary.Verdict, Endpoint]:
+    """Watch a freshly promoted champion; on an SLO breach give `champion` and all traffic back to the previous one."""
+    name = spec.registered_name
+    with serving.replay(name, rows, spec.canary.replay_rps):
+        verdict = canary.watch(lambda: serving.snapshot(name), spec.slo.thresholds())
+    if verdict.outcome == canary.ROLLBACK and previous is not None:
+        mlflow.demote(name, version, previous, reason=verdict.reason)
+        return verdict, serving.deploy(name, previous)
+    return verdict, serving.deploy(name, version)
 
 
 def asset_key(spec: ModelSpec, name: str) -> dg.AssetKey:
@@ -96,7 +135,7 @@ def build_model_assets(spec: ModelSpec, gpu_step_tags: dict | None = None, cpu_s
         """Validated rows split into training and holdout, with reference statistics for drift checks."""
         split = data.split_dataset(batches, spec.dataset)
         reference = data.reference_statistics(split.train, spec.dataset)
-        dataset = TrainingDataset(train=split.train, holdout=split.holdout, reference=reference)
+        dataset = TrainingDataset(train=split.train, holdout=split.holdout, reference=reference, features=features)
         return dg.Output(dataset, metadata={
             "train_rows": len(split.train),
             "holdout_rows": len(split.holdout),
@@ -192,34 +231,73 @@ def build_model_assets(spec: ModelSpec, gpu_step_tags: dict | None = None, cpu_s
                       "champion": decision.champion if decision.champion is not None else "none"},
         )
 
-    @dg.asset(key=key("champion"), group_name=group, op_tags=cpu_tags, ins={"report": dg.AssetIn(key("evaluation"))}, kinds={"mlflow"})
-    def champion(report: dict, mlflow: MLflowResource) -> dg.Output[dict]:
-        """The registered version aliased `champion`; moves only after the quality gate passed."""
-        version = report["challenger_version"]
+    @dg.asset(
+        key=key("canary"),
+        group_name=group, op_tags=cpu_tags,
+        ins={"report": dg.AssetIn(key("evaluation")), "dataset": dg.AssetIn(key("training_dataset"))},
+        check_specs=[dg.AssetCheckSpec(CANARY_ANALYSIS, asset=key("canary"), blocking=True,
+                                       description=f"The challenger served {spec.canary.traffic_percent}% of live traffic "
+                                                   "without more errors or much higher latency than the champion.")],
+        kinds={"kserve"},
+    )
+    def canary_release(report: dict, dataset: TrainingDataset, mlflow: MLflowResource, serving: ModelServing):
+        """The challenger served beside the champion to a share of traffic; the analysis promotes or rolls it back."""
+        name, version, stable = spec.registered_name, report["challenger_version"], report["champion_version"]
+        verdict = release_canary(spec, mlflow, serving, stable, version, _replay_rows(dataset))
+        passed = verdict["outcome"] == canary.PROMOTE
+        yield dg.Output({"version": version, "stable": stable, "verdict": verdict}, metadata={
+            "outcome": verdict["outcome"],
+            "reason": verdict["reason"],
+            "canary_version": version,
+            "stable_version": stable or "none",
+            "verdict": dg.MetadataValue.json(verdict),
+        })
+        yield dg.AssetCheckResult(check_name=CANARY_ANALYSIS, passed=passed, severity=dg.AssetCheckSeverity.ERROR,
+                                  description=verdict["reason"])
+
+    @dg.asset(key=key("champion"), group_name=group, op_tags=cpu_tags, ins={"release": dg.AssetIn(key("canary"))},
+              kinds={"mlflow", "kserve"})
+    def champion(release: dict, mlflow: MLflowResource, serving: ModelServing) -> dg.Output[dict]:
+        """The registered version aliased `champion`, serving 100% of traffic; moves only after gate and canary passed."""
+        version = release["version"]
         previous = mlflow.promote(spec.registered_name, version)
-        return dg.Output({"version": version, "previous": previous},
+        served = serving.deploy(spec.registered_name, version)
+        return dg.Output({"version": version, "previous": previous, "url": served.base_url},
                          metadata={"model_version": version, "previous_champion": previous or "none"})
 
-    @dg.asset(key=key("endpoint"), group_name=group, op_tags=cpu_tags,
-              ins={"current": dg.AssetIn(key("champion")), "dataset": dg.AssetIn(key("training_dataset"))}, kinds={"kserve"})
-    def endpoint(current: dict, dataset: TrainingDataset, serving: ModelServing) -> dg.Output[dict]:
-        """The champion served over KServe's V1 and V2 protocols, checked with a live prediction."""
+    @dg.asset(
+        key=key("endpoint"),
+        group_name=group, op_tags=cpu_tags,
+        ins={"current": dg.AssetIn(key("champion")), "dataset": dg.AssetIn(key("training_dataset"))},
+        check_specs=[dg.AssetCheckSpec(SLO_GUARD, asset=key("endpoint"),
+                                       description=f"The new champion keeps p95 ≤ {spec.slo.max_p95_ms:g} ms and errors ≤ "
+                                                   f"{spec.slo.max_error_rate:.1%} through its watch window.")],
+        kinds={"kserve"},
+    )
+    def endpoint(current: dict, dataset: TrainingDataset, mlflow: MLflowResource, serving: ModelServing):
+        """The champion's live endpoint, watched after promotion; an SLO breach rolls back to the previous champion."""
         import requests
 
-        served = serving.deploy(spec.registered_name, current["version"])
+        name, version, previous = spec.registered_name, current["version"], current["previous"]
+        verdict, served = guard_champion(spec, mlflow, serving, version, previous, _replay_rows(dataset))
+        rolled_back = served.version != version
         sample = dataset.holdout[features].head(3).to_numpy(dtype=np.float64).tolist()
         response = requests.post(served.v1_predict_url, json={"instances": sample}, timeout=30)
         response.raise_for_status()
-        predictions = response.json()["predictions"]
-        return dg.Output(
-            {"url": served.base_url, "name": served.name, "version": served.version},
+        yield dg.Output(
+            {"url": served.base_url, "name": served.name, "version": served.version, "rolled_back": rolled_back},
             metadata={
                 "model_version": served.version,
+                "rolled_back_from": version if rolled_back else "none",
+                "slo": dg.MetadataValue.json(verdict.to_dict()),
                 "v1_predict": dg.MetadataValue.url(served.v1_predict_url),
                 "v2_infer": dg.MetadataValue.url(served.v2_infer_url),
-                "smoke_predictions": dg.MetadataValue.json(predictions),
+                "smoke_predictions": dg.MetadataValue.json(response.json()["predictions"]),
             },
         )
+        yield dg.AssetCheckResult(check_name=SLO_GUARD, passed=verdict.outcome != canary.ROLLBACK,
+                                  severity=dg.AssetCheckSeverity.ERROR,
+                                  description=verdict.reason + (f"; rolled back to version {previous}" if rolled_back else ""))
 
-    return [landing_batches, training_dataset, trained_model, challenger, evaluation_asset, champion, endpoint]
+    return [landing_batches, training_dataset, trained_model, challenger, evaluation_asset, canary_release, champion, endpoint]
 

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ import pandas as pd
 import requests
 from pydantic import PrivateAttr
 
+from mlops_platform.core.canary import Snapshot, parse_prometheus
 from mlops_platform.core.spec import ModelSpec
 from mlops_platform.core.training import Classifier
 
@@ -134,6 +136,13 @@ class MLflowResource(dg.ConfigurableResource):
         for key, value in tags.items():
             client.set_model_version_tag(name, version, key, value)
 
+    def demote(self, name: str, version: str, previous: str, reason: str) -> None:
+        """Give `champion` back to the previous version after the promoted one failed in production."""
+        client = self.client()
+        client.set_registered_model_alias(name, CHAMPION, previous)
+        client.set_model_version_tag(name, version, "rolled_back", reason)
+        client.delete_model_version_tag(name, previous, "superseded_by")
+
     def promote(self, name: str, version: str) -> str | None:
         """Move `champion` to this version; returns the version it left."""
         previous = self.version_for(name, CHAMPION)
@@ -171,8 +180,11 @@ def _log_model(spec: ModelSpec, model: Classifier, example: pd.DataFrame, signat
             signature=signature,
             pip_requirements=[*base, f"torch=={version('torch').split('+')[0]}"],
         )
+    import skops.io
     from mlflow import sklearn as mlflow_sklearn
 
+    # The platform trained this object itself, so the types skops flags (tree node storage, for one) are ours to trust.
+    trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
     with warnings.catch_warnings():
         # MLflow checks the input example through pyfunc, which hands the fitted-on-arrays pipeline a DataFrame.
         warnings.filterwarnings("ignore", message="X has feature names")
@@ -182,6 +194,7 @@ def _log_model(spec: ModelSpec, model: Classifier, example: pd.DataFrame, signat
             signature=signature,
             input_example=example.head(5),
             pip_requirements=[*base, f"scikit-learn=={version('scikit-learn')}", f"skops=={version('skops')}"],
+            skops_trusted_types=trusted or None,
         )
 
 
@@ -395,10 +408,27 @@ class Endpoint:
 
 
 class ModelServing(dg.ConfigurableResource):
-    """Puts a registered model's champion behind an HTTP endpoint."""
+    """Puts registered model versions behind an HTTP endpoint and reports how each revision is doing.
+
+    An endpoint has a stable revision and at most one canary taking a share of its requests. Local and cluster
+    backends implement the same calls, so assets never know which one they talk to.
+    """
+
+    def set_routing(self, name: str, stable: str, canary: str | None = None, canary_percent: int = 0) -> None:
+        raise NotImplementedError
 
     def deploy(self, name: str, version: str) -> Endpoint:
+        """Serve `version` as the only (stable) revision at 100%."""
         raise NotImplementedError
+
+    def snapshot(self, name: str) -> Snapshot:
+        """Cumulative request counts and latency buckets per revision (see `core.canary`)."""
+        raise NotImplementedError
+
+    @contextmanager
+    def replay(self, name: str, rows: list[list[float]], rps: float) -> Iterator[None]:
+        """Traffic to judge revisions by. Real users provide it in a cluster; locally holdout rows are replayed."""
+        yield
 
 
 class LocalModelServer(ModelServing):
@@ -447,7 +477,7 @@ class LocalModelServer(ModelServing):
             self.stop()
         Path(self.state_dir).mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "mlops_platform.serving", "--host", self.host, "--port", str(self.port),
-                   "--tracking-uri", self.mlflow.tracking_uri]
+                   "--tracking-uri", self.mlflow.tracking_uri, "--routing-file", str(Path(self.state_dir) / "routing.json")]
         if self.mlflow.registry_uri:
             command += ["--registry-uri", self.mlflow.registry_uri]
         with open(self.log_file, "ab") as log:
@@ -470,16 +500,56 @@ class LocalModelServer(ModelServing):
         except FileNotFoundError:
             return ""
 
-    def deploy(self, name: str, version: str) -> Endpoint:
-        """Serve `name@champion`, which must resolve to `version`; reloads in place, no restart."""
-        self.ensure_running()
-        response = requests.post(f"{self.base_url}/v2/repository/models/{name}/load", timeout=120)
+    def _put_routing(self, name: str, body: dict) -> dict:
+        response = requests.put(f"{self.base_url}/mlops/v1/endpoints/{name}/routing", json=body, timeout=120)
         if not response.ok:
-            raise RuntimeError(f"model server could not load {name}: {response.status_code} {response.text}")
+            raise RuntimeError(f"model server refused routing {body} for {name}: {response.status_code} {response.text}")
+        return response.json()
+
+    def set_routing(self, name: str, stable: str, canary: str | None = None, canary_percent: int = 0) -> None:
+        self.ensure_running()
+        self._put_routing(name, {"stable": stable, "canary": canary, "canary_percent": canary_percent})
+
+    def deploy(self, name: str, version: str) -> Endpoint:
+        """Serve `version` alone; the server swaps it in place, no restart, and reports what it serves."""
+        self.set_routing(name, version)
         served = requests.get(f"{self.base_url}/v2/models/{name}", timeout=10).json().get("versions", [])
         if served != [version]:
             raise RuntimeError(f"model server serves {name} versions {served}, expected [{version!r}]")
         return Endpoint(name=name, version=version, base_url=self.base_url)
+
+    def snapshot(self, name: str) -> Snapshot:
+        return parse_prometheus(requests.get(f"{self.base_url}/metrics", timeout=10).text, name)
+
+    @contextmanager
+    def replay(self, name: str, rows: list[list[float]], rps: float) -> Iterator[None]:
+        """Holdout rows sent one per V1 request at about `rps`, from background threads, until the block ends."""
+        url = f"{self.base_url}/v1/models/{name}:predict"
+        stop = threading.Event()
+        workers = max(1, min(8, int(rps // 50) + 1))
+        interval = workers / rps
+
+        def send(offset: int) -> None:
+            session = requests.Session()
+            i, next_at = offset, time.monotonic()
+            while not stop.is_set():
+                try:
+                    session.post(url, json={"instances": [rows[i % len(rows)]]}, timeout=10)
+                except requests.RequestException:
+                    pass  # a refused request is the server's problem to report, not the replayer's
+                i += workers
+                next_at += interval
+                stop.wait(max(0.0, next_at - time.monotonic()))
+
+        threads = [threading.Thread(target=send, args=(k,), daemon=True) for k in range(workers)]
+        for thread in threads:
+            thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=15)
 
     def stop(self) -> bool:
         """Stop the server this state folder started; True if one was running."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 
 
@@ -13,6 +14,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tracking-uri", required=True)
     parser.add_argument("--registry-uri", default=None)
     parser.add_argument("--max-body-bytes", type=int, default=None)
+    parser.add_argument("--routing-file", default=None, help="where the stable/canary routing is persisted")
     args = parser.parse_args(argv)
     # kserve parses sys.argv when it is imported; it must not see our flags.
     sys.argv = sys.argv[:1]
@@ -21,14 +23,38 @@ def main(argv: list[str] | None = None) -> None:
 
     from mlops_platform.serving.runtime import (
         DEFAULT_MAX_BODY_BYTES,
-        ChampionRepository,
+        EndpointRepository,
         LoopbackModelServer,
         install_request_guards,
+        install_routing_api,
     )
 
-    repository = ChampionRepository(args.tracking_uri, args.registry_uri)
-    repository.load_champions()
+    import warnings
+
+    import mlflow
+    import sklearn
+
+    # kserve answers with FastAPI's deprecated ORJSONResponse; the warning would be printed for every request.
+    warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
+
+    # `models:/` URIs resolve through MLflow's global registry setting, not through a client's.
+    mlflow.set_tracking_uri(args.tracking_uri)
+    mlflow.set_registry_uri(args.registry_uri or args.tracking_uri)
+
+    # Requests are validated by the protocol layer (numbers only, right width); skip sklearn's per-call re-checks.
+    sklearn.set_config(assume_finite=True, skip_parameter_validation=True)
+    repository = EndpointRepository(args.tracking_uri, args.registry_uri, args.routing_file)
+    repository.restore()
     install_request_guards(app, args.max_body_bytes or DEFAULT_MAX_BODY_BYTES)
+    install_routing_api(app, repository)
+    try:
+        import uvloop
+
+        # kserve starts its servers with asyncio.run(), so uvicorn's own loop choice never applies; choose here.
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        asyncio.set_event_loop(asyncio.new_event_loop())  # kserve asks for the current loop before it runs one
+    except ImportError:
+        pass
     server = LoopbackModelServer(args.host, repository, http_port=args.port, enable_latency_logging=False)
     server.start(list(repository.get_models().values()))
 

@@ -1,0 +1,196 @@
+"""Canary analysis: request counters and latency histograms of two revisions in, promote / roll back / wait out.
+
+Works on cumulative snapshots, whether read from the server's own `/metrics` or from Prometheus, so the decision is
+the same code locally and in the cluster. No Dagster, no HTTP here.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+PROMOTE, ROLLBACK, INCONCLUSIVE = "promote", "rollback", "inconclusive"
+REQUESTS_METRIC = "mlops_inference_requests_total"
+LATENCY_METRIC = "mlops_inference_request_duration_seconds"
+
+
+@dataclass
+class Snapshot:
+    """Cumulative counts for one endpoint: requests by (revision, code), latency buckets by revision."""
+
+    requests: dict[tuple[str, str], float] = field(default_factory=dict)
+    buckets: dict[str, dict[float, float]] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+def parse_prometheus(text: str, model: str) -> Snapshot:
+    """The platform's request metrics for one endpoint, from Prometheus text exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    snap = Snapshot()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if labels.get("model") != model:
+                continue
+            if sample.name == REQUESTS_METRIC:
+                key = (labels["revision"], labels["code"])
+                snap.requests[key] = snap.requests.get(key, 0.0) + sample.value
+                if labels.get("version"):
+                    snap.versions[labels["revision"]] = labels["version"]
+            elif sample.name == f"{LATENCY_METRIC}_bucket":
+                le = math.inf if labels["le"] in ("+Inf", "inf") else float(labels["le"])
+                snap.buckets.setdefault(labels["revision"], {})[le] = sample.value
+    return snap
+
+
+def histogram_quantile(q: float, cumulative: dict[float, float]) -> float | None:
+    """Prometheus's estimate: linear interpolation inside the bucket where the quantile falls."""
+    bounds = sorted(cumulative)
+    if not bounds or cumulative[bounds[-1]] <= 0:
+        return None
+    rank = q * cumulative[bounds[-1]]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound in bounds:
+        count = cumulative[bound]
+        if count >= rank:
+            if math.isinf(bound):
+                return lower_bound  # beyond the last finite bucket: the best we can say is "at least this"
+            if count == lower_count:
+                return bound
+            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (count - lower_count)
+        lower_bound, lower_count = bound, count
+    return lower_bound
+
+
+@dataclass
+class RevisionWindow:
+    """One revision's traffic between two snapshots."""
+
+    revision: str
+    requests: int
+    errors: int
+    p95_ms: float | None
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+
+def window(before: Snapshot, after: Snapshot, revision: str) -> RevisionWindow:
+    """Requests, server errors (5xx) and p95 latency of one revision between two snapshots."""
+    requests = errors = 0.0
+    for (rev, code), count in after.requests.items():
+        if rev != revision:
+            continue
+        delta = count - before.requests.get((rev, code), 0.0)
+        requests += delta
+        if code.startswith("5"):
+            errors += delta
+    old = before.buckets.get(revision, {})
+    delta_buckets = {le: n - old.get(le, 0.0) for le, n in after.buckets.get(revision, {}).items()}
+    p95 = histogram_quantile(0.95, delta_buckets)
+    return RevisionWindow(revision, int(round(requests)), int(round(errors)), None if p95 is None else p95 * 1000)
+
+
+@dataclass(frozen=True)
+class CanaryThresholds:
+    """When a canary is good enough, and how long to look before saying so."""
+
+    min_requests: int = 50
+    max_error_rate: float = 0.01
+    max_error_rate_increase: float = 0.005
+    max_latency_ratio: float = 2.0
+    min_latency_increase_ms: float = 5.0
+    window_seconds: float = 5.0
+    max_window_seconds: float = 30.0
+    poll_seconds: float = 0.25
+    max_p95_ms: float | None = None  # the SLO's latency bound: a canary above it is never promoted
+
+
+@dataclass
+class Verdict:
+    outcome: str
+    reason: str
+    stable: RevisionWindow | None
+    canary: RevisionWindow | None
+    elapsed_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def judge(stable: RevisionWindow, canary: RevisionWindow, t: CanaryThresholds, final: bool) -> Verdict | None:
+    """A verdict, or None while more traffic is needed. Failures decide as soon as the evidence suffices."""
+    if canary.requests >= min(t.min_requests, 20) and canary.error_rate > max(t.max_error_rate,
+                                                                             stable.error_rate + t.max_error_rate_increase):
+        return Verdict(ROLLBACK, f"canary error rate {canary.error_rate:.1%} over {canary.requests} requests "
+                                 f"(stable {stable.error_rate:.1%}, limit {t.max_error_rate:.1%})", stable, canary)
+    early = canary.requests >= min(t.min_requests, 20)
+    if early and t.max_p95_ms is not None and canary.p95_ms is not None and canary.p95_ms > t.max_p95_ms:
+        return Verdict(ROLLBACK, f"canary p95 latency {canary.p95_ms:.1f} ms exceeds the SLO's {t.max_p95_ms:g} ms "
+                                 f"(stable {stable.p95_ms or 0:.1f} ms)", stable, canary)
+    if canary.requests < t.min_requests:
+        if final:
+            return Verdict(INCONCLUSIVE, f"only {canary.requests} canary requests, fewer than the {t.min_requests} "
+                                         f"needed to decide", stable, canary)
+        return None
+    if canary.p95_ms is not None and stable.p95_ms is not None:
+        slower = canary.p95_ms > stable.p95_ms * t.max_latency_ratio
+        if slower and canary.p95_ms - stable.p95_ms > t.min_latency_increase_ms:
+            return Verdict(ROLLBACK, f"canary p95 latency {canary.p95_ms:.1f} ms against stable {stable.p95_ms:.1f} ms "
+                                     f"(limit ×{t.max_latency_ratio:g})", stable, canary)
+    if not final:
+        return None
+    return Verdict(PROMOTE, f"canary healthy over {canary.requests} requests: error rate {canary.error_rate:.1%}, "
+                            f"p95 {canary.p95_ms or 0:.1f} ms (stable {stable.p95_ms or 0:.1f} ms)", stable, canary)
+
+
+def analyze(snapshot: Callable[[], Snapshot], t: CanaryThresholds, *, stable: str = "stable", canary: str = "canary",
+            clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> Verdict:
+    """Poll until a verdict: early rollback on clear failure, promotion after the window, inconclusive at the limit."""
+    start, baseline = clock(), snapshot()
+    while True:
+        sleep(t.poll_seconds)
+        elapsed = clock() - start
+        current = snapshot()
+        s, c = window(baseline, current, stable), window(baseline, current, canary)
+        final = elapsed >= t.max_window_seconds or (elapsed >= t.window_seconds and c.requests >= t.min_requests)
+        verdict = judge(s, c, t, final)
+        if verdict is not None:
+            verdict.elapsed_s = round(elapsed, 3)
+            return verdict
+
+
+@dataclass(frozen=True)
+class SloThresholds:
+    """What a freshly promoted champion must keep up during its watch window."""
+
+    watch_seconds: float = 5.0
+    min_requests: int = 20
+    max_error_rate: float = 0.01
+    max_p95_ms: float = 250.0
+    poll_seconds: float = 0.25
+
+
+def watch(snapshot: Callable[[], Snapshot], slo: SloThresholds, *, revision: str = "stable",
+          clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> Verdict:
+    """Watch the stable revision; a breach ends the watch at once with ROLLBACK, else PROMOTE (keep) at the end."""
+    start, baseline = clock(), snapshot()
+    while True:
+        sleep(slo.poll_seconds)
+        elapsed = clock() - start
+        w = window(baseline, snapshot(), revision)
+        enough = w.requests >= slo.min_requests
+        if enough and w.error_rate > slo.max_error_rate:
+            return Verdict(ROLLBACK, f"error rate {w.error_rate:.1%} over {w.requests} requests breaches the SLO "
+                                     f"of {slo.max_error_rate:.1%}", w, None, round(elapsed, 3))
+        if enough and w.p95_ms is not None and w.p95_ms > slo.max_p95_ms:
+            return Verdict(ROLLBACK, f"p95 latency {w.p95_ms:.1f} ms breaches the SLO of {slo.max_p95_ms:g} ms",
+                           w, None, round(elapsed, 3))
+        if elapsed >= slo.watch_seconds:
+            reason = (f"held its SLO over {w.requests} requests" if enough
+                      else f"only {w.requests} requests in the watch window; nothing to judge")
+            return Verdict(PROMOTE if enough else INCONCLUSIVE, reason, w, None, round(elapsed, 3))

@@ -1,0 +1,136 @@
+"""Canary analysis in the pure core: Prometheus parsing, quantiles, and the promote / roll back / wait decisions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from mlops_platform.core import canary
+from mlops_platform.core.canary import CanaryThresholds, Snapshot, SloThresholds
+
+EXPOSITION = """
+# TYPE mlops_inference_requests_total counter
+mlops_inference_requests_total{code="200",model="m",revision="stable",version="3"} 90.0
+mlops_inference_requests_total{code="500",model="m",revision="canary",version="4"} 4.0
+mlops_inference_requests_total{code="200",model="m",revision="canary",version="4"} 6.0
+mlops_inference_requests_total{code="200",model="other",revision="stable",version="1"} 7.0
+# TYPE mlops_inference_request_duration_seconds histogram
+mlops_inference_request_duration_seconds_bucket{le="0.001",model="m",revision="stable"} 50.0
+mlops_inference_request_duration_seconds_bucket{le="0.01",model="m",revision="stable"} 90.0
+mlops_inference_request_duration_seconds_bucket{le="+Inf",model="m",revision="stable"} 90.0
+mlops_inference_request_duration_seconds_count{model="m",revision="stable"} 90.0
+"""
+
+
+def test_parse_prometheus_keeps_one_model():
+    snap = canary.parse_prometheus(EXPOSITION, "m")
+    assert snap.requests == {("stable", "200"): 90.0, ("canary", "500"): 4.0, ("canary", "200"): 6.0}
+    assert snap.versions == {"stable": "3", "canary": "4"}
+    assert snap.buckets["stable"] == {0.001: 50.0, 0.01: 90.0, math.inf: 90.0}
+
+
+def test_histogram_quantile_interpolates_like_prometheus():
+    buckets = {0.001: 50.0, 0.01: 90.0, math.inf: 90.0}
+    assert canary.histogram_quantile(0.5, buckets) == pytest.approx(0.0009)  # rank 45 of 50 in the first bucket
+    assert canary.histogram_quantile(0.95, buckets) == pytest.approx(0.001 + 0.009 * (85.5 - 50) / 40)
+    assert canary.histogram_quantile(0.75, buckets) == pytest.approx(0.001 + 0.009 * (67.5 - 50) / 40)
+    assert canary.histogram_quantile(0.95, {0.01: 0.0, math.inf: 0.0}) is None
+
+
+def test_window_counts_only_what_happened_between_snapshots():
+    before = canary.parse_prometheus(EXPOSITION, "m")
+    after = canary.parse_prometheus(EXPOSITION.replace("} 4.0", "} 9.0").replace("} 6.0", "} 16.0"), "m")
+    w = canary.window(before, after, "canary")
+    assert (w.requests, w.errors) == (15, 5)
+    assert canary.window(before, after, "stable").requests == 0
+
+
+def rw(revision, requests, errors=0, p95=1.0):
+    return canary.RevisionWindow(revision, requests, errors, p95)
+
+
+T = CanaryThresholds(min_requests=50, max_error_rate=0.01, max_latency_ratio=2.0, min_latency_increase_ms=5.0)
+
+
+def test_errors_roll_back_early_without_waiting_for_the_window():
+    verdict = canary.judge(rw("stable", 500), rw("canary", 25, errors=25), T, final=False)
+    assert verdict.outcome == canary.ROLLBACK and "error rate 100.0%" in verdict.reason
+
+
+def test_latency_rolls_back_only_when_both_ratio_and_margin_are_exceeded():
+    slow = canary.judge(rw("stable", 500, p95=2.0), rw("canary", 60, p95=25.0), T, final=False)
+    assert slow.outcome == canary.ROLLBACK and "p95 latency" in slow.reason
+    # 3× slower but only 2 ms more: noise on a fast model, not a regression.
+    assert canary.judge(rw("stable", 500, p95=1.0), rw("canary", 60, p95=3.0), T, final=True).outcome == canary.PROMOTE
+
+
+def test_too_little_traffic_decides_nothing_until_the_limit_then_is_inconclusive():
+    assert canary.judge(rw("stable", 500), rw("canary", 10), T, final=False) is None
+    verdict = canary.judge(rw("stable", 500), rw("canary", 10), T, final=True)
+    assert verdict.outcome == canary.INCONCLUSIVE and "only 10 canary requests" in verdict.reason
+
+
+def test_a_healthy_canary_is_promoted_only_after_the_window():
+    assert canary.judge(rw("stable", 500), rw("canary", 60), T, final=False) is None
+    assert canary.judge(rw("stable", 500), rw("canary", 60), T, final=True).outcome == canary.PROMOTE
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def _traffic(per_tick_stable, per_tick_canary, canary_code="200"):
+    """A snapshot source whose counters grow by the given amounts at every call."""
+    state = {"n": 0}
+
+    def snapshot():
+        n = state["n"]
+        state["n"] += 1
+        return Snapshot(requests={("stable", "200"): n * per_tick_stable, ("canary", canary_code): n * per_tick_canary},
+                        buckets={"stable": {0.002: n * per_tick_stable, math.inf: n * per_tick_stable},
+                                 "canary": {0.002: n * per_tick_canary, math.inf: n * per_tick_canary}})
+
+    return snapshot
+
+
+def test_analyze_polls_until_the_window_and_promotes():
+    clock = FakeClock()
+    t = CanaryThresholds(min_requests=20, window_seconds=2.0, max_window_seconds=10.0, poll_seconds=0.5)
+    verdict = canary.analyze(_traffic(45, 5), t, clock=clock, sleep=clock.sleep)
+    assert verdict.outcome == canary.PROMOTE and verdict.elapsed_s == pytest.approx(2.0)
+
+
+def test_analyze_rolls_back_a_failing_canary_at_the_first_sufficient_evidence():
+    clock = FakeClock()
+    t = CanaryThresholds(min_requests=50, window_seconds=5.0, max_window_seconds=30.0, poll_seconds=0.25)
+    verdict = canary.analyze(_traffic(45, 5, canary_code="500"), t, clock=clock, sleep=clock.sleep)
+    assert verdict.outcome == canary.ROLLBACK and verdict.elapsed_s == pytest.approx(1.0)
+
+
+def test_analyze_without_traffic_is_inconclusive_at_the_limit():
+    clock = FakeClock()
+    t = CanaryThresholds(min_requests=20, window_seconds=1.0, max_window_seconds=3.0, poll_seconds=0.5)
+    verdict = canary.analyze(_traffic(0, 0), t, clock=clock, sleep=clock.sleep)
+    assert verdict.outcome == canary.INCONCLUSIVE and verdict.elapsed_s == pytest.approx(3.0)
+
+
+def test_watch_breaches_and_holds():
+    clock = FakeClock()
+    slo = SloThresholds(watch_seconds=2.0, min_requests=10, max_error_rate=0.01, max_p95_ms=250, poll_seconds=0.5)
+    failing = canary.watch(lambda: _errors_only(clock), slo, clock=clock, sleep=clock.sleep)
+    assert failing.outcome == canary.ROLLBACK and "breaches the SLO" in failing.reason
+    clock = FakeClock()
+    assert canary.watch(_traffic(20, 0), slo, clock=clock, sleep=clock.sleep).outcome == canary.PROMOTE
+
+
+def _errors_only(clock):
+    n = clock.now * 100
+    return Snapshot(requests={("stable", "500"): n}, buckets={"stable": {0.002: n, math.inf: n}})

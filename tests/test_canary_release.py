@@ -1,0 +1,181 @@
+"""Progressive delivery on a real KServe server: promotion, rollback on errors and latency, no decision without
+traffic, the split surviving a restart and changing under load, and the guard after promotion."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import requests
+
+from mlops_platform.core import canary, data
+from mlops_platform.core.spec import EstimatorSpec, GateSpec, StepSpec
+from mlops_platform.defs.model_assets import release_canary
+from tests.platform_helpers import breast_cancer, check_results, fast, materialized, resources, run_job, seed
+
+SPEC = fast(breast_cancer())
+NAME = SPEC.registered_name
+SLOW_FOREST = EstimatorSpec(steps=[StepSpec(**{"class": "sklearn.ensemble.RandomForestClassifier",
+                                               "params": {"n_estimators": 600, "random_state": 0}})])
+
+
+@pytest.fixture(scope="module")
+def champion(platform_home) -> str:
+    seed(SPEC)
+    result = run_job(SPEC)
+    assert result.success
+    return materialized(result)["champion"]["model_version"]
+
+
+def mlflow_client():
+    return resources()["mlflow"].client()
+
+
+def current_champion() -> str:
+    return resources()["mlflow"].version_for(NAME, "champion")
+
+
+def routing() -> dict:
+    return requests.get(f"{resources()['serving'].base_url}/mlops/v1/endpoints/{NAME}/routing", timeout=5).json()
+
+
+def rows(n: int = 64) -> list[list[float]]:
+    frame = data.bundled_batches(SPEC.dataset, 1)[0].head(n)
+    return frame[SPEC.dataset.features].to_numpy(dtype=float).tolist()
+
+
+def register_broken_version() -> str:
+    """A version whose network was fitted on 29 features but whose signature promises 30: every request fails."""
+    import mlflow
+    from mlflow.models import infer_signature
+    from sklearn.linear_model import LogisticRegression
+
+    frame = data.bundled_batches(SPEC.dataset, 1)[0]
+    features = SPEC.dataset.features
+    model = LogisticRegression(max_iter=500).fit(frame[features[:-1]].to_numpy(), frame[SPEC.dataset.target])
+    mlflow.set_tracking_uri(resources()["mlflow"].tracking_uri)
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(model, name="model", signature=infer_signature(frame[features], frame[SPEC.dataset.target]),
+                                        pip_requirements=["scikit-learn"])
+    return str(mlflow.register_model(info.model_uri, NAME).version)
+
+
+def test_healthy_challenger_is_promoted_through_the_canary(champion):
+    result = run_job(SPEC)
+    assert result.success
+    release = materialized(result)["canary"]
+    assert release["outcome"] == canary.PROMOTE
+    new = materialized(result)["champion"]["model_version"]
+    assert current_champion() == new != champion
+    assert routing() == {"stable": new, "canary": None, "canary_percent": 0}
+    assert mlflow_client().get_model_version(NAME, new).tags["canary"] == "passed"
+    snapshot = resources()["serving"].snapshot(NAME)
+    assert snapshot.requests[("canary", "200")] >= SPEC.canary.min_requests
+
+
+def test_slow_challenger_is_rolled_back_on_latency(champion):
+    before = current_champion()
+    slow = SPEC.model_copy(update={"estimator": SLOW_FOREST, "gate": GateSpec(metric="f1", min_value=0.8, max_regression=0.2),
+                                   "slo": SPEC.slo.model_copy(update={"max_p95_ms": 20.0})})
+    result = run_job(slow)
+    assert not result.success
+    check = check_results(result)["canary_analysis"]
+    assert not check.passed and "canary p95 latency" in check.description
+    rejected = materialized(result)["canary"]["canary_version"]
+    assert current_champion() == before
+    assert routing() == {"stable": before, "canary": None, "canary_percent": 0}
+    tags = mlflow_client().get_model_version(NAME, rejected).tags
+    assert tags["canary"] == "rejected" and "p95 latency" in tags["canary_reason"]
+    assert {"champion", "endpoint"}.isdisjoint(materialized(result))
+
+
+def test_failing_challenger_is_rolled_back_on_errors_within_seconds(champion):
+    stable = current_champion()
+    broken = register_broken_version()
+    verdict = release_canary(SPEC, resources()["mlflow"], resources()["serving"], stable, broken, rows())
+    assert verdict["outcome"] == canary.ROLLBACK and "error rate" in verdict["reason"]
+    assert verdict["seconds_to_decision"] < 10
+    assert routing() == {"stable": stable, "canary": None, "canary_percent": 0}
+    assert mlflow_client().get_model_version(NAME, broken).tags["canary"] == "rejected"
+    assert current_champion() == stable
+
+
+def test_too_little_traffic_gives_no_decision_and_no_promotion(champion):
+    stable = current_champion()
+    starved = SPEC.model_copy(update={"canary": SPEC.canary.model_copy(update={"min_requests": 10_000, "max_window_seconds": 2.0})})
+    candidate = mlflow_client().get_model_version_by_alias(NAME, "challenger").version
+    verdict = release_canary(starved, resources()["mlflow"], resources()["serving"], stable, str(candidate), rows())
+    assert verdict["outcome"] == canary.INCONCLUSIVE and "fewer than the 10000 needed" in verdict["reason"]
+    assert routing()["canary"] is None and current_champion() == stable
+
+
+def test_split_survives_a_server_restart_and_is_exact(champion):
+    serving = resources()["serving"]
+    stable = current_champion()
+    other = str(int(stable) - 1)
+    serving.set_routing(NAME, stable, other, 25)
+    assert serving.stop()
+    serving.ensure_running()
+    assert routing() == {"stable": stable, "canary": other, "canary_percent": 25}
+    before = serving.snapshot(NAME)
+    session = requests.Session()
+    for row in rows(100):
+        assert session.post(f"{serving.base_url}/v1/models/{NAME}:predict", json={"instances": [row]}, timeout=10).ok
+    after = serving.snapshot(NAME)
+    assert canary.window(before, after, "canary").requests == 25
+    assert canary.window(before, after, "stable").requests == 75
+    serving.set_routing(NAME, stable)
+
+
+def test_split_changes_at_run_time_without_restart_or_dropped_requests(champion):
+    serving = resources()["serving"]
+    stable = current_champion()
+    other = str(int(stable) - 1)
+    pid = serving.running_pid()
+    statuses, stop = [], threading.Event()
+
+    def client():
+        session = requests.Session()
+        body = {"instances": rows(1)}
+        while not stop.is_set():
+            statuses.append(session.post(f"{serving.base_url}/v1/models/{NAME}:predict", json=body, timeout=10).status_code)
+
+    workers = [threading.Thread(target=client) for _ in range(4)]
+    for w in workers:
+        w.start()
+    try:
+        changes = []
+        for percent in (10, 50, 0, 30, 0):
+            started = time.perf_counter()
+            serving.set_routing(NAME, stable, other if percent else None, percent)
+            changes.append(time.perf_counter() - started)
+            time.sleep(0.3)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+    assert max(changes) < 1.0, changes
+    assert len(statuses) > 100 and set(statuses) == {200}
+    assert serving.running_pid() == pid
+
+
+def test_guard_rolls_back_a_promoted_champion_that_breaches_its_slo(champion):
+    from mlops_platform.defs.model_assets import guard_champion
+
+    mlflow, serving = resources()["mlflow"], resources()["serving"]
+    before = current_champion()
+    broken = register_broken_version()
+    # What the champion asset does after a passed canary: the alias moves and the version takes all traffic.
+    assert mlflow.promote(NAME, broken) == before
+    serving.deploy(NAME, broken)
+
+    verdict, served = guard_champion(SPEC, mlflow, serving, broken, before, rows())
+
+    assert verdict.outcome == canary.ROLLBACK and "breaches the SLO" in verdict.reason
+    assert verdict.elapsed_s < SPEC.slo.watch_seconds + 1
+    assert served.version == before and current_champion() == before
+    assert routing() == {"stable": before, "canary": None, "canary_percent": 0}
+    tags = mlflow_client().get_model_version(NAME, broken).tags
+    assert "breaches the SLO" in tags["rolled_back"]
+    assert "superseded_by" not in mlflow_client().get_model_version(NAME, before).tags
