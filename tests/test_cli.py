@@ -31,7 +31,7 @@ def test_launch_through_the_cli_ends_with_a_served_prediction(platform_home):
         assert launched.job_name == "breast_cancer_train_and_deploy"
         assert launched.status == dg.DagsterRunStatus.SUCCESS
 
-    printed = run(sys.executable, "-m", "mlops_platform.cli", "predict", "--rows", "3").stdout
+    printed = run(sys.executable, "-m", "mlops_platform.cli", "predict", "--model", "breast_cancer", "--rows", "3").stdout
     assert "endpoint: http://127.0.0.1:" in printed and "prediction for 3 rows" in printed
 
     port = os.environ["MLOPS_SERVING_PORT"]
