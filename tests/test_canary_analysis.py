@@ -53,6 +53,12 @@ def rw(revision, requests, errors=0, p95=1.0):
 T = CanaryThresholds(min_requests=50, max_error_rate=0.01, max_latency_ratio=2.0, min_latency_increase_ms=5.0)
 
 
+def test_compute_histograms_are_parsed_apart_from_end_to_end():
+    text = EXPOSITION + 'mlops_inference_compute_seconds_bucket{le="0.001",model="m",revision="stable"} 90.0\n'
+    snap = canary.parse_prometheus(text, "m")
+    assert snap.compute == {"stable": {0.001: 90.0}} and math.inf in snap.buckets["stable"]
+
+
 def test_errors_roll_back_early_without_waiting_for_the_window():
     verdict = canary.judge(rw("stable", 500), rw("canary", 25, errors=25), T, final=False)
     assert verdict.outcome == canary.ROLLBACK and "error rate 100.0%" in verdict.reason
@@ -60,9 +66,17 @@ def test_errors_roll_back_early_without_waiting_for_the_window():
 
 def test_latency_rolls_back_only_when_both_ratio_and_margin_are_exceeded():
     slow = canary.judge(rw("stable", 500, p95=2.0), rw("canary", 60, p95=25.0), T, final=False)
-    assert slow.outcome == canary.ROLLBACK and "p95 latency" in slow.reason
+    assert slow.outcome == canary.ROLLBACK and "p95 latency" in slow.reason and "end-to-end" in slow.reason
     # 3× slower but only 2 ms more: noise on a fast model, not a regression.
     assert canary.judge(rw("stable", 500, p95=1.0), rw("canary", 60, p95=3.0), T, final=True).outcome == canary.PROMOTE
+
+
+def test_latency_compares_model_compute_when_both_revisions_report_it():
+    # Shared queueing makes end-to-end look alike (13 vs 21 ms); the model itself is 10× slower.
+    stable = canary.RevisionWindow("stable", 500, 0, 13.0, compute_p95_ms=0.3)
+    slow = canary.RevisionWindow("canary", 60, 0, 21.0, compute_p95_ms=3.0)
+    verdict = canary.judge(stable, slow, CanaryThresholds(min_requests=50, min_latency_increase_ms=1.0), final=False)
+    assert verdict.outcome == canary.ROLLBACK and "model compute" in verdict.reason
 
 
 def test_too_little_traffic_decides_nothing_until_the_limit_then_is_inconclusive():

@@ -14,6 +14,7 @@ from typing import Callable
 PROMOTE, ROLLBACK, INCONCLUSIVE = "promote", "rollback", "inconclusive"
 REQUESTS_METRIC = "mlops_inference_requests_total"
 LATENCY_METRIC = "mlops_inference_request_duration_seconds"
+COMPUTE_METRIC = "mlops_inference_compute_seconds"
 
 
 @dataclass
@@ -22,6 +23,7 @@ class Snapshot:
 
     requests: dict[tuple[str, str], float] = field(default_factory=dict)
     buckets: dict[str, dict[float, float]] = field(default_factory=dict)
+    compute: dict[str, dict[float, float]] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
 
 
@@ -40,9 +42,10 @@ def parse_prometheus(text: str, model: str) -> Snapshot:
                 snap.requests[key] = snap.requests.get(key, 0.0) + sample.value
                 if labels.get("version"):
                     snap.versions[labels["revision"]] = labels["version"]
-            elif sample.name == f"{LATENCY_METRIC}_bucket":
+            elif sample.name in (f"{LATENCY_METRIC}_bucket", f"{COMPUTE_METRIC}_bucket"):
                 le = math.inf if labels["le"] in ("+Inf", "inf") else float(labels["le"])
-                snap.buckets.setdefault(labels["revision"], {})[le] = sample.value
+                target = snap.buckets if sample.name.startswith(LATENCY_METRIC) else snap.compute
+                target.setdefault(labels["revision"], {})[le] = sample.value
     return snap
 
 
@@ -73,6 +76,7 @@ class RevisionWindow:
     requests: int
     errors: int
     p95_ms: float | None
+    compute_p95_ms: float | None = None
 
     @property
     def error_rate(self) -> float:
@@ -89,10 +93,13 @@ def window(before: Snapshot, after: Snapshot, revision: str) -> RevisionWindow:
         requests += delta
         if code.startswith("5"):
             errors += delta
-    old = before.buckets.get(revision, {})
-    delta_buckets = {le: n - old.get(le, 0.0) for le, n in after.buckets.get(revision, {}).items()}
-    p95 = histogram_quantile(0.95, delta_buckets)
-    return RevisionWindow(revision, int(round(requests)), int(round(errors)), None if p95 is None else p95 * 1000)
+    def p95_ms(earlier: dict, later: dict) -> float | None:
+        old = earlier.get(revision, {})
+        value = histogram_quantile(0.95, {le: n - old.get(le, 0.0) for le, n in later.get(revision, {}).items()})
+        return None if value is None else value * 1000
+
+    return RevisionWindow(revision, int(round(requests)), int(round(errors)), p95_ms(before.buckets, after.buckets),
+                          p95_ms(before.compute, after.compute))
 
 
 @dataclass(frozen=True)
@@ -103,7 +110,7 @@ class CanaryThresholds:
     max_error_rate: float = 0.01
     max_error_rate_increase: float = 0.005
     max_latency_ratio: float = 2.0
-    min_latency_increase_ms: float = 5.0
+    min_latency_increase_ms: float = 1.0
     window_seconds: float = 5.0
     max_window_seconds: float = 30.0
     poll_seconds: float = 0.25
@@ -137,10 +144,12 @@ def judge(stable: RevisionWindow, canary: RevisionWindow, t: CanaryThresholds, f
             return Verdict(INCONCLUSIVE, f"only {canary.requests} canary requests, fewer than the {t.min_requests} "
                                          f"needed to decide", stable, canary)
         return None
-    if canary.p95_ms is not None and stable.p95_ms is not None:
-        slower = canary.p95_ms > stable.p95_ms * t.max_latency_ratio
-        if slower and canary.p95_ms - stable.p95_ms > t.min_latency_increase_ms:
-            return Verdict(ROLLBACK, f"canary p95 latency {canary.p95_ms:.1f} ms against stable {stable.p95_ms:.1f} ms "
+    # The model's own compute time when both revisions report it (queueing they share cancels out), else end to end.
+    measure = "model compute" if canary.compute_p95_ms is not None and stable.compute_p95_ms is not None else "end-to-end"
+    c_p95, s_p95 = (canary.compute_p95_ms, stable.compute_p95_ms) if measure == "model compute" else (canary.p95_ms, stable.p95_ms)
+    if c_p95 is not None and s_p95 is not None:
+        if c_p95 > s_p95 * t.max_latency_ratio and c_p95 - s_p95 > t.min_latency_increase_ms:
+            return Verdict(ROLLBACK, f"canary p95 latency {c_p95:.2f} ms against stable {s_p95:.2f} ms in {measure} "
                                      f"(limit ×{t.max_latency_ratio:g})", stable, canary)
     if not final:
         return None

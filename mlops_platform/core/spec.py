@@ -110,7 +110,7 @@ class CanarySpec(_Strict):
     max_error_rate: float = Field(0.01, ge=0.0, le=1.0)
     max_error_rate_increase: float = Field(0.005, ge=0.0, le=1.0)
     max_latency_ratio: float = Field(2.0, gt=1.0)
-    min_latency_increase_ms: float = Field(5.0, ge=0.0)
+    min_latency_increase_ms: float = Field(1.0, ge=0.0)
     window_seconds: float = Field(5.0, gt=0.0)
     max_window_seconds: float = Field(30.0, gt=0.0)
     replay_rps: float = Field(200.0, gt=0.0, description="Holdout rows replayed as traffic where there are no users (local).")

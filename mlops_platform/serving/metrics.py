@@ -22,3 +22,10 @@ LATENCY = Histogram(
     ["model", "revision"],
     buckets=LATENCY_BUCKETS,
 )
+COMPUTE = Histogram(
+    "mlops_inference_compute_seconds",
+    "Time the model itself spends on a request (predict_proba), by revision: free of queueing, so revisions sharing a "
+    "process locally compare as fairly as revisions in separate pods.",
+    ["model", "revision"],
+    buckets=(0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)

@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 
 from mlops_platform.serving import protocol
 from mlops_platform.serving.loader import CHAMPION, LoadedModel, load_registered
-from mlops_platform.serving.metrics import LATENCY, REQUESTS
+from mlops_platform.serving.metrics import COMPUTE, LATENCY, REQUESTS
 from mlops_platform.serving.routing import CANARY, STABLE, Routing, RoutingStore, Splitter
 
 logger = logging.getLogger(__name__)
@@ -78,17 +78,20 @@ class EndpointModel(Model):
             note["revision"], note["version"] = revision, loaded.version
         v2 = isinstance(payload, InferRequest)
         matrix = protocol.parse_v2(payload, loaded.feature_names) if v2 else protocol.parse_v1(payload, loaded.feature_names)
+        timer = COMPUTE.labels(self.name, revision)
         if self._threads:
-            labels, proba = await asyncio.get_running_loop().run_in_executor(self._threads[revision], _classify, loaded, matrix)
+            labels, proba = await asyncio.get_running_loop().run_in_executor(self._threads[revision], _classify, loaded, matrix, timer)
         else:
-            labels, proba = _classify(loaded, matrix)
+            labels, proba = _classify(loaded, matrix, timer)
         if v2:
             return protocol.v2_response(self.name, loaded.version, payload.id, labels, proba)
         return protocol.v1_response(labels)
 
 
-def _classify(loaded: LoadedModel, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _classify(loaded: LoadedModel, matrix: np.ndarray, timer) -> tuple[np.ndarray, np.ndarray]:
+    started = time.perf_counter()
     proba = loaded.classifier.predict_proba(matrix)
+    timer.observe(time.perf_counter() - started)
     return np.asarray(loaded.classifier.classes_)[np.argmax(proba, axis=1)], proba
 
 

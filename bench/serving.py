@@ -1,0 +1,122 @@
+"""Serving benchmark: our KServe runtime against `mlflow models serve --env-manager local`, same registered model.
+
+Both servers run on loopback in this one run and are loaded with wrk (one thread, keep-alive, a Lua POST script) at
+concurrency 1 and 16 with 1-row and 100-row requests. Reports req/s, p50, p99, server CPU time per request (the
+server process and its children), and the in-process floor: JSON decode + predict + JSON encode. Ends with one JSON line.
+
+    python bench/serving.py [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import REPO, free_port, platform_home, wait_http, wrk  # noqa: E402
+
+MODEL = "breast_cancer"
+
+
+def in_process_floor(loaded, features: list[str], rows: list[list[float]], repeat: int = 2000) -> float:
+    """Microseconds for orjson decode → protocol parse → predict_proba → encode, with no server around it."""
+    import orjson
+    import sklearn
+
+    from mlops_platform.serving import protocol
+
+    sklearn.set_config(assume_finite=True, skip_parameter_validation=True)
+    body = orjson.dumps({"instances": rows})
+    for _ in range(100):
+        protocol.parse_v1(orjson.loads(body), features)
+    started = time.perf_counter()
+    for _ in range(repeat):
+        matrix = protocol.parse_v1(orjson.loads(body), features)
+        proba = loaded.classifier.predict_proba(matrix)
+        orjson.dumps(protocol.v1_response(loaded.classifier.classes_[proba.argmax(axis=1)]))
+    return round((time.perf_counter() - started) / repeat * 1e6, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+
+    with platform_home() as home:
+        from mlops_platform.cli import main as cli
+        from mlops_platform.core import data
+        from mlops_platform.core.spec import load_specs
+        from mlops_platform.definitions import build_definitions
+        from mlops_platform.defs.profiles import load_profile
+        from mlops_platform.serving.loader import load_registered
+
+        cli(["seed", "--model", MODEL])
+        spec = next(s for s in load_specs() if s.name == MODEL)
+        import dagster as dg
+
+        with dg.DagsterInstance.get() as instance:
+            build_definitions(specs=[spec]).resolve_job_def(f"{MODEL}_train_and_deploy").execute_in_process(instance=instance)
+        resources = load_profile().resources
+        serving, mlflow_res = resources["serving"], resources["mlflow"]
+        name = spec.registered_name
+        version = mlflow_res.version_for(name, "champion")
+        frame = data.bundled_batches(spec.dataset, 1)[0]
+        features = spec.dataset.features
+        rows = frame[features].to_numpy(dtype=float).tolist()
+        bodies = {1: rows[:1], 100: rows[:100]}
+
+        import mlflow
+
+        mlflow.set_tracking_uri(mlflow_res.tracking_uri)
+        loaded = load_registered(mlflow_res.client(), name, version=version)
+        floors = {n: in_process_floor(loaded, features, r) for n, r in bodies.items()}
+
+        mlflow_port = free_port()
+        # mlflow serve execs `uvicorn` by name: the virtualenv must come first on PATH.
+        env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_res.tracking_uri,
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        mlflow_serve = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{name}/{version}",
+             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(mlflow_port)],
+            env=env, cwd=home, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            wait_http(f"http://127.0.0.1:{mlflow_port}/ping")
+            ours_pid = serving.running_pid()
+            targets = {
+                "kserve_runtime": (f"{serving.base_url}/v1/models/{name}:predict", lambda r: {"instances": r}, ours_pid),
+                "mlflow_serve": (f"http://127.0.0.1:{mlflow_port}/invocations",
+                                 lambda r: {"dataframe_split": {"columns": features, "data": r}}, mlflow_serve.pid),
+            }
+            results: dict = {}
+            for server, (url, make_body, pid) in targets.items():
+                for n_rows, r in bodies.items():
+                    for connections in (1, 16):
+                        results[f"{server}/rows{n_rows}/c{connections}"] = wrk(url, make_body(r), connections, args.seconds, pid)
+        finally:
+            os.killpg(mlflow_serve.pid, 15)
+            mlflow_serve.wait(timeout=30)
+
+    ours, theirs = results["kserve_runtime/rows1/c16"], results["mlflow_serve/rows1/c16"]
+    figures = {
+        "benchmark": "serving",
+        "machine": f"{os.cpu_count()} cpu",
+        "seconds_per_point": args.seconds,
+        "results": results,
+        "in_process_floor_us": {f"rows{n}": v for n, v in floors.items()},
+        "c16_rows1_req_per_s_ratio": round(ours["req_per_s"] / theirs["req_per_s"], 2),
+        "c16_rows1_p99_ms": {"kserve_runtime": ours["p99_ms"], "mlflow_serve": theirs["p99_ms"]},
+        "rows1_v1_server_cpu_us": results["kserve_runtime/rows1/c1"]["server_cpu_us_per_req"],
+        "targets": {"req_per_s_ratio_c16": 2.0, "server_cpu_us_rows1_v1": 450},
+    }
+    figures["meets_targets"] = (figures["c16_rows1_req_per_s_ratio"] >= 2.0 and ours["p99_ms"] < theirs["p99_ms"]
+                                and figures["rows1_v1_server_cpu_us"] <= 450)
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
