@@ -100,6 +100,8 @@ def _cloud_serving() -> Any:
         tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"),
         service_account=dg.EnvVar("MLOPS_KSERVE_SERVICE_ACCOUNT"),
         base_url=dg.EnvVar("MLOPS_SERVING_BASE_URL"),
+        prometheus_url=dg.EnvVar("MLOPS_PROMETHEUS_URL"),
+        deployment_mode=os.environ.get("MLOPS_KSERVE_DEPLOYMENT_MODE", "Standard"),
     )
 
 

@@ -15,6 +15,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--registry-uri", default=None)
     parser.add_argument("--max-body-bytes", type=int, default=None)
     parser.add_argument("--routing-file", default=None, help="where the stable/canary routing is persisted")
+    parser.add_argument("--model", action="append", default=[], metavar="NAME=VERSION",
+                        help="serve this registered version (in a cluster, one predictor pod per revision)")
+    parser.add_argument("--revision", default="stable", choices=["stable", "canary"],
+                        help="the revision label this server's requests carry in its metrics")
     args = parser.parse_args(argv)
     # kserve parses sys.argv when it is imported; it must not see our flags.
     sys.argv = sys.argv[:1]
@@ -28,6 +32,7 @@ def main(argv: list[str] | None = None) -> None:
         install_request_guards,
         install_routing_api,
     )
+    from mlops_platform.serving.routing import Routing
 
     import warnings
 
@@ -43,8 +48,13 @@ def main(argv: list[str] | None = None) -> None:
 
     # Requests are validated by the protocol layer (numbers only, right width); skip sklearn's per-call re-checks.
     sklearn.set_config(assume_finite=True, skip_parameter_validation=True)
-    repository = EndpointRepository(args.tracking_uri, args.registry_uri, args.routing_file)
-    repository.restore()
+    repository = EndpointRepository(args.tracking_uri, args.registry_uri, args.routing_file, revision_label=args.revision)
+    if args.model:
+        for pinned in args.model:
+            name, _, version = pinned.partition("=")
+            repository.apply(name, Routing(stable=version))
+    else:
+        repository.restore()
     install_request_guards(app, args.max_body_bytes or DEFAULT_MAX_BODY_BYTES)
     install_routing_api(app, repository)
     try:

@@ -44,12 +44,14 @@ class EndpointModel(Model):
     computes on the event loop, which costs less CPU per request.
     """
 
-    def __init__(self, name: str, stable: LoadedModel, canary: LoadedModel | None = None, canary_percent: int = 0):
+    def __init__(self, name: str, stable: LoadedModel, canary: LoadedModel | None = None, canary_percent: int = 0,
+                 stable_label: str = STABLE):
         super().__init__(name)
         self.stable, self.canary = stable, canary
+        self.stable_label = stable_label
         self.routing = Routing(stable.version, canary.version if canary else None, canary_percent if canary else 0)
         self._splitter = Splitter(self.routing.canary_percent)
-        self._threads = {rev: ThreadPoolExecutor(1, thread_name_prefix=f"{name}-{rev}") for rev in (STABLE, CANARY)} if canary else {}
+        self._threads = {rev: ThreadPoolExecutor(1, thread_name_prefix=f"{name}-{rev}") for rev in (stable_label, CANARY)} if canary else {}
         self.ready = True
 
     @property
@@ -72,7 +74,7 @@ class EndpointModel(Model):
         return protocol.output_metadata(len(self.stable.classifier.classes_))
 
     async def predict(self, payload: Any, headers: dict[str, str] | None = None, response_headers=None):
-        revision, loaded = (CANARY, self.canary) if self._splitter.next_is_canary() else (STABLE, self.stable)
+        revision, loaded = (CANARY, self.canary) if self._splitter.next_is_canary() else (self.stable_label, self.stable)
         note = CURRENT_REQUEST.get()
         if note is not None:
             note["revision"], note["version"] = revision, loaded.version
@@ -98,8 +100,11 @@ def _classify(loaded: LoadedModel, matrix: np.ndarray, timer) -> tuple[np.ndarra
 class EndpointRepository(ModelRepository):
     """Endpoints backed by the MLflow registry; routing is applied atomically and persisted."""
 
-    def __init__(self, tracking_uri: str, registry_uri: str | None = None, routing_path: str | None = None):
+    def __init__(self, tracking_uri: str, registry_uri: str | None = None, routing_path: str | None = None,
+                 revision_label: str = STABLE):
         super().__init__(models_dir="")
+        # In a cluster each revision is its own pod; its label says which one it is in the shared metrics.
+        self.revision_label = revision_label
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
         self.store = RoutingStore(routing_path)
         self._loaded: dict[tuple[str, str], LoadedModel] = {}
@@ -114,7 +119,7 @@ class EndpointRepository(ModelRepository):
         """Load what the routing needs, then swap it in with one assignment: requests in flight finish on the old one."""
         stable = self._version(name, routing.stable)
         canary = self._version(name, routing.canary) if routing.canary else None
-        model = EndpointModel(name, stable, canary, routing.canary_percent)
+        model = EndpointModel(name, stable, canary, routing.canary_percent, stable_label=self.revision_label)
         previous = self.get_model(name)
         self.update(model)
         if isinstance(previous, EndpointModel):

@@ -1,0 +1,170 @@
+"""The cluster serving backend: InferenceServices and patches for canary, promotion and rollback, validated against
+the CRD schema kept in the repository, sent through KServeClient to a Kubernetes API stand-in on loopback; revision
+metrics read from a Prometheus query API stand-in."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jsonschema
+import kubernetes_validate
+import pytest
+
+from mlops_platform.core import canary
+from mlops_platform.defs.kserve_cluster import SERVERLESS, STANDARD, KServeClusterServing
+from tests.conftest import REPO
+from tests.fake_servers import FakeKubernetes, FakePrometheus
+
+SCHEMA = json.loads((REPO / "deploy" / "kserve" / "inferenceservice.schema.json").read_text())
+NAME, NS = "breast-cancer", "models"
+
+
+def validate(isvc: dict) -> None:
+    """The CRD schema for the InferenceService, the Kubernetes schema for each predictor container."""
+    jsonschema.validate({k: v for k, v in isvc.items() if k != "status"}, SCHEMA)
+    predictors = [isvc["spec"]["predictor"], *[c["predictor"] for c in isvc["spec"].get("canary", [])]]
+    for predictor in predictors:
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": predictor["containers"]}}
+        kubernetes_validate.validate(pod, "1.33", strict=True)
+
+
+def version_of(predictor: dict) -> str:
+    args = predictor["containers"][0]["args"]
+    return args[args.index("--model") + 1].split("=", 1)[1]
+
+
+def revision_of(predictor: dict) -> str:
+    args = predictor["containers"][0]["args"]
+    return args[args.index("--revision") + 1]
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    with FakeKubernetes() as api:
+        def serving(mode: str, prometheus: str = "http://prometheus.invalid") -> KServeClusterServing:
+            return KServeClusterServing(namespace=NS, image="registry.example.com/mlops-runtime:1.0",
+                                        tracking_uri="http://mlflow.mlops:5000", service_account="kserve-models",
+                                        deployment_mode=mode, kubeconfig=api.kubeconfig(tmp_path / "kubeconfig.json"),
+                                        ready_poll_s=0.05, prometheus_url=prometheus)
+        yield api, serving
+
+
+def stored(api: FakeKubernetes) -> dict:
+    return api.objects[(NS, NAME)]
+
+
+def test_standard_mode_canary_promotion_and_rollback(cluster):
+    api, make = cluster
+    serving = make(STANDARD)
+
+    endpoint = serving.deploy(NAME, "3")
+    assert endpoint.base_url == f"http://{NAME}.{NS}.example.com" and endpoint.version == "3"
+    assert api.requests[1]["method"] == "POST"
+    validate(stored(api))
+    assert stored(api)["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
+    assert version_of(stored(api)["spec"]["predictor"]) == "3" and stored(api)["spec"]["canary"] == []
+
+    serving.set_routing(NAME, "3", "4", 10)
+    patch = [r for r in api.requests if r["method"] == "PATCH"][-1]
+    assert patch["content_type"] == "application/merge-patch+json"
+    validate(stored(api))
+    [canary_spec] = stored(api)["spec"]["canary"]
+    assert canary_spec["trafficPercent"] == 10 and version_of(canary_spec["predictor"]) == "4"
+    assert revision_of(canary_spec["predictor"]) == "canary" and revision_of(stored(api)["spec"]["predictor"]) == "stable"
+
+    serving.set_routing(NAME, "3")  # rollback
+    validate(stored(api))
+    assert stored(api)["spec"]["canary"] == [] and version_of(stored(api)["spec"]["predictor"]) == "3"
+
+    serving.set_routing(NAME, "3", "5", 10)
+    serving.deploy(NAME, "5")  # promotion
+    validate(stored(api))
+    assert stored(api)["spec"]["canary"] == [] and version_of(stored(api)["spec"]["predictor"]) == "5"
+    assert stored(api)["metadata"]["generation"] == 5
+
+
+def test_serverless_mode_uses_canary_traffic_percent(cluster):
+    api, make = cluster
+    serving = make(SERVERLESS)
+    serving.deploy(NAME, "3")
+    assert "canaryTrafficPercent" not in stored(api)["spec"]["predictor"]
+
+    serving.set_routing(NAME, "3", "4", 10)
+    validate(stored(api))
+    predictor = stored(api)["spec"]["predictor"]
+    assert predictor["canaryTrafficPercent"] == 10 and version_of(predictor) == "4"
+    assert "canary" not in stored(api)["spec"]
+
+    serving.set_routing(NAME, "3")  # rollback: Knative sends everything to the previous rolled-out revision
+    validate(stored(api))
+    assert stored(api)["spec"]["predictor"]["canaryTrafficPercent"] == 0
+
+    serving.set_routing(NAME, "3", "6", 10)
+    serving.deploy(NAME, "6")  # promotion: the candidate takes all traffic
+    validate(stored(api))
+    assert stored(api)["spec"]["predictor"]["canaryTrafficPercent"] == 100 and version_of(stored(api)["spec"]["predictor"]) == "6"
+
+
+def test_schema_rejects_what_the_api_server_would_silently_drop():
+    bad = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": {"name": NAME},
+           "spec": {"predictor": {"containers": [{"name": "kserve-container", "image": "i"}], "canaryTrafficPercnt": 10}}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, SCHEMA)
+    bad["spec"]["predictor"] = {"containers": [{"name": "kserve-container", "image": "i"}], "canaryTrafficPercent": 120}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, SCHEMA)
+
+
+def _vector(labels_and_values):
+    return [{"metric": labels, "value": [0, str(value)]} for labels, value in labels_and_values]
+
+
+def test_snapshot_from_prometheus_matches_the_local_shape(cluster):
+    _, make = cluster
+
+    def respond(query: str):
+        if "requests_total" in query:
+            return _vector([({"revision": "stable", "version": "3", "code": "200"}, 900),
+                            ({"revision": "canary", "version": "4", "code": "500"}, 100)])
+        return _vector([({"revision": "stable", "le": "0.005"}, 900), ({"revision": "stable", "le": "+Inf"}, 900)])
+
+    with FakePrometheus(respond) as prom:
+        snap = make(STANDARD, prom.url).snapshot(NAME)
+        assert all(f'model="{NAME}",namespace="{NS}"' in q for q in prom.queries)
+    assert snap.requests == {("stable", "200"): 900.0, ("canary", "500"): 100.0}
+    assert snap.versions == {"stable": "3", "canary": "4"}
+    assert snap.buckets["stable"] == {0.005: 900.0, math.inf: 900.0} == snap.compute["stable"]
+
+
+def test_release_canary_on_the_cluster_backend_rolls_back_a_failing_canary(cluster, platform_home):
+    """The deploy path the asset runs, with the cluster backend: metrics from Prometheus, rollback by patch."""
+    from mlops_platform.defs.model_assets import release_canary
+    from mlops_platform.defs.profiles import load_profile
+    from tests.platform_helpers import breast_cancer, fast
+    from tests.test_canary_release import register_broken_version
+
+    api, make = cluster
+    ticks = {"n": 0}
+
+    def respond(query: str):  # counters growing at each poll: a healthy stable, a canary answering 500s
+        if "requests_total" in query:
+            ticks["n"] += 1
+            n = ticks["n"]
+            return _vector([({"revision": "stable", "version": "3", "code": "200"}, 90 * n),
+                            ({"revision": "canary", "version": "4", "code": "500"}, 10 * n)])
+        return []
+
+    mlflow = load_profile().resources["mlflow"]
+    broken = register_broken_version()
+    with FakePrometheus(respond) as prom:
+        serving = make(STANDARD, prom.url)
+        serving.deploy(NAME, "3")  # the stable version as the cluster serves it; only the canary is tagged in MLflow
+        verdict = release_canary(fast(breast_cancer()), mlflow, serving, "3", broken, rows=[[0.0] * 30])
+    assert verdict["outcome"] == canary.ROLLBACK and "error rate 100.0%" in verdict["reason"]
+    patches = [r for r in api.requests if r["method"] == "PATCH"]
+    assert len(patches) == 2  # canary in, canary out
+    assert stored(api)["spec"]["canary"] == [] and version_of(stored(api)["spec"]["predictor"]) == "3"
+    canary_patch = patches[0]["body"]["spec"]["canary"][0]
+    assert version_of(canary_patch["predictor"]) == broken and canary_patch["trafficPercent"] == 10
+    assert mlflow.client().get_model_version(NAME, broken).tags["canary"] == "rejected"
