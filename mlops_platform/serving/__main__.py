@@ -7,7 +7,7 @@ import asyncio
 import sys
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mlops_platform.serving", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
@@ -19,7 +19,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="serve this registered version (in a cluster, one predictor pod per revision)")
     parser.add_argument("--revision", default="stable", choices=["stable", "canary"],
                         help="the revision label this server's requests carry in its metrics")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     # kserve parses sys.argv when it is imported; it must not see our flags.
     sys.argv = sys.argv[:1]
 

@@ -1,0 +1,34 @@
+"""The images we ship: Dockerfiles lint clean with hadolint, and the serving image runs the runtime the
+InferenceServices expect."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+HADOLINT = Path(sys.executable).parent / "hadolint"
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.serving", "Dockerfile.dagster"])
+def test_dockerfiles_lint_clean(dockerfile):
+    result = subprocess.run([str(HADOLINT), "--failure-threshold", "info", str(REPO / "deploy" / dockerfile)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_serving_image_entrypoint_is_the_runtime_the_cluster_backend_configures():
+    from mlops_platform.defs.kserve_cluster import RUNTIME_PORT, predictor_spec
+
+    dockerfile = (REPO / "deploy" / "Dockerfile.serving").read_text()
+    assert 'ENTRYPOINT ["python", "-m", "mlops_platform.serving"]' in dockerfile
+    assert f"EXPOSE {RUNTIME_PORT}" in dockerfile
+    args = predictor_spec("m", "1", "stable", image="i", tracking_uri="t", service_account=None).containers[0].args
+    from mlops_platform.serving.__main__ import build_parser
+
+    parsed = build_parser().parse_args(args)
+    assert (parsed.host, parsed.port, parsed.model, parsed.revision) == ("0.0.0.0", RUNTIME_PORT, ["m=1"], "stable")
