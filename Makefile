@@ -7,10 +7,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 JOB ?= train_and_deploy_all
+CHECKOV_VERSION ?= 3.3.30
 
 export MLOPS_HOME ?= $(CURDIR)/var
 export DAGSTER_HOME ?= $(MLOPS_HOME)/dagster_home
 export MLOPS_PROFILE ?= local
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION ?= 20
+export CHECKPOINT_DISABLE ?= 1
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -18,11 +21,23 @@ help: ## list the targets
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,infra]'
 	$(PY) -m pip check
 	touch $@
 
 install: $(VENV)/.installed ## create the virtualenv and install the pinned dependencies
+
+# The pinned cdktf CLI (npm) and checkov in a virtualenv of its own (its pins clash with the platform's).
+infra_cdktf/node_modules/.installed: infra_cdktf/package.json infra_cdktf/package-lock.json
+	cd infra_cdktf && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+.venv-checkov/.installed:
+	test -x .venv-checkov/bin/python || $(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/pip install -q checkov==$(CHECKOV_VERSION)
+	touch $@
+
+infra-tools: infra_cdktf/node_modules/.installed .venv-checkov/.installed ## cdktf CLI and checkov for the infra checks
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
@@ -38,7 +53,7 @@ run: home ## seed landing, run the end-to-end job, print the endpoint and a pred
 launch: home ## launch the job through the run launcher, as `dagster job launch` does
 	$(BIN)/dagster job launch -w workspace.yaml -j $(JOB)
 
-test: install ## run the test suite
+test: install infra-tools ## run the test suite (platform and infrastructure)
 	$(BIN)/pytest
 
 ui: home ## open the Dagster UI on http://127.0.0.1:3000
@@ -56,10 +71,16 @@ validate: home ## `dagster definitions validate` for every profile
 bench: home ## end-to-end benchmark: wall time split into compute and orchestration
 	$(PY) bench/e2e_local.py
 
+synth: install infra-tools ## synthesize all six infrastructure stacks into infra_cdktf/cdktf.out
+	cd infra_cdktf && PATH=$(CURDIR)/$(BIN):$$PATH npx cdktf synth
+
+checkov: synth ## scan the synthesized stacks with checkov and the reviewed skip list
+	$(PY) infra_cdktf/scan.py
+
 lock: install ## regenerate constraints.txt from the current virtualenv
 	( sed -n '1,2p' constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -v '^-e ' ) > constraints.tmp && mv constraints.tmp constraints.txt
 
 clean: stop ## stop the server and delete local state (MLflow store, Dagster home, landing)
 	rm -rf $(MLOPS_HOME)
 
-.PHONY: help install home run launch test ui mlflow-ui stop validate bench lock clean
+.PHONY: help install infra-tools home run launch test ui mlflow-ui stop validate bench synth checkov lock clean

@@ -24,6 +24,10 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 GPU_TAINT = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+# AKS taints every spot pool itself; pods bound for the (spot) GPU pool must tolerate that too.
+EXTRA_GPU_TOLERATIONS = {
+    "azure": [{"key": "kubernetes.azure.com/scalesetpriority", "operator": "Equal", "value": "spot", "effect": "NoSchedule"}],
+}
 # Where GPU steps land in each cloud: the node labels of the GPU pools that infra_cdktf provisions.
 GPU_NODE_SELECTORS = {
     "aws": {"karpenter.sh/nodepool": "gpu"},
@@ -47,7 +51,8 @@ def gpu_step_tags(cloud: str, gpus: int = 1, memory: str = "24Gi") -> dict[str, 
             "requests": {"cpu": "4", "memory": memory, "nvidia.com/gpu": str(gpus)},
             "limits": {"memory": memory, "nvidia.com/gpu": str(gpus)},
         }},
-        "pod_spec_config": {"node_selector": GPU_NODE_SELECTORS[cloud], "tolerations": [GPU_TAINT]},
+        "pod_spec_config": {"node_selector": GPU_NODE_SELECTORS[cloud],
+                            "tolerations": [GPU_TAINT, *EXTRA_GPU_TOLERATIONS.get(cloud, [])]},
     }}
 
 

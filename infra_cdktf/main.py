@@ -1,0 +1,25 @@
+"""The CDK Terrain app: six stacks, `aws|azure|gcp` × `dev|prod`. `cdktf synth` runs this file."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from cdktn import App  # noqa: E402
+
+from mlops_infra.config import ENVIRONMENTS  # noqa: E402
+from mlops_infra.stacks import build  # noqa: E402
+
+
+def main() -> None:
+    app = App()
+    wanted = [s for s in os.environ.get("MLOPS_STACKS", "").split(",") if s] or list(ENVIRONMENTS)
+    for stack_id in wanted:
+        build(app, ENVIRONMENTS[stack_id])
+    app.synth()
+
+
+if __name__ == "__main__":
+    main()

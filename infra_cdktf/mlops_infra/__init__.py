@@ -1,0 +1,1 @@
+"""CDK-for-Terraform (CDK Terrain, `cdktn`) app: one environment per cloud and stage, the platform layer on top."""
