@@ -105,3 +105,20 @@ def wait_http(url: str, timeout: float = 90.0) -> None:
             pass
         time.sleep(0.2)
     raise TimeoutError(url)
+
+
+def serve_model(model: str):
+    """Seed landing with the bundled data and run the model's end-to-end job: (spec, resources) with its champion served."""
+    import dagster as dg
+
+    from mlops_platform.cli import main as cli
+    from mlops_platform.core.spec import load_specs
+    from mlops_platform.definitions import build_definitions
+    from mlops_platform.defs.model_assets import job_name
+    from mlops_platform.defs.profiles import load_profile
+
+    cli(["seed", "--model", model])
+    spec = next(s for s in load_specs() if s.name == model)
+    with dg.DagsterInstance.get() as instance:
+        build_definitions(specs=[spec]).resolve_job_def(job_name(spec)).execute_in_process(instance=instance)
+    return spec, load_profile().resources

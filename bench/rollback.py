@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import platform_home  # noqa: E402
+from bench.common import platform_home, serve_model  # noqa: E402
 
 MODEL = "breast_cancer"
 
@@ -85,24 +85,15 @@ def main() -> None:
     args = parser.parse_args()
 
     with platform_home():
-        import dagster as dg
         from sklearn.linear_model import LogisticRegression
         from sklearn.neural_network import MLPClassifier
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
-        from mlops_platform.cli import main as cli
         from mlops_platform.core import data
-        from mlops_platform.core.spec import load_specs
-        from mlops_platform.definitions import build_definitions
         from mlops_platform.defs.model_assets import release_canary
-        from mlops_platform.defs.profiles import load_profile
 
-        cli(["seed", "--model", MODEL])
-        spec = next(s for s in load_specs() if s.name == MODEL)
-        with dg.DagsterInstance.get() as instance:
-            build_definitions(specs=[spec]).resolve_job_def(f"{MODEL}_train_and_deploy").execute_in_process(instance=instance)
-        resources = load_profile().resources
+        spec, resources = serve_model(MODEL)
         mlflow_res, serving = resources["mlflow"], resources["serving"]
         name, features, target = spec.registered_name, spec.dataset.features, spec.dataset.target
         stable = mlflow_res.version_for(name, "champion")

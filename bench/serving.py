@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import REPO, free_port, platform_home, wait_http, wrk  # noqa: E402
+from bench.common import free_port, platform_home, serve_model, wait_http, wrk  # noqa: E402
 
 MODEL = "breast_cancer"
 
@@ -48,20 +48,10 @@ def main() -> None:
     args = parser.parse_args()
 
     with platform_home() as home:
-        from mlops_platform.cli import main as cli
         from mlops_platform.core import data
-        from mlops_platform.core.spec import load_specs
-        from mlops_platform.definitions import build_definitions
-        from mlops_platform.defs.profiles import load_profile
         from mlops_platform.serving.loader import load_registered
 
-        cli(["seed", "--model", MODEL])
-        spec = next(s for s in load_specs() if s.name == MODEL)
-        import dagster as dg
-
-        with dg.DagsterInstance.get() as instance:
-            build_definitions(specs=[spec]).resolve_job_def(f"{MODEL}_train_and_deploy").execute_in_process(instance=instance)
-        resources = load_profile().resources
+        spec, resources = serve_model(MODEL)
         serving, mlflow_res = resources["serving"], resources["mlflow"]
         name = spec.registered_name
         version = mlflow_res.version_for(name, "champion")

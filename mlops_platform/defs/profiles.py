@@ -92,46 +92,40 @@ def _local() -> Profile:
     )
 
 
-def _cloud_mlflow() -> MLflowResource:
-    return MLflowResource(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"), ui_url=dg.EnvVar("MLOPS_MLFLOW_UI_URL"))
-
-
-def _cloud_serving() -> Any:
-    from mlops_platform.defs.kserve_cluster import KServeClusterServing
-
-    return KServeClusterServing(
-        namespace=dg.EnvVar("MLOPS_KSERVE_NAMESPACE"),
-        image=dg.EnvVar("MLOPS_SERVING_IMAGE"),
-        tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"),
-        service_account=dg.EnvVar("MLOPS_KSERVE_SERVICE_ACCOUNT"),
-        base_url=dg.EnvVar("MLOPS_SERVING_BASE_URL"),
-        prometheus_url=dg.EnvVar("MLOPS_PROMETHEUS_URL"),
-        deployment_mode=os.environ.get("MLOPS_KSERVE_DEPLOYMENT_MODE", "Standard"),
-    )
-
-
-def _k8s_executor() -> dg.ExecutorDefinition:
+def _cloud(cloud: str, landing_store: Callable[..., Any], storage: dg.ConfigurableResource, io_manager: dg.ConfigurableIOManager) -> Profile:
+    """What every cloud shares: MLflow's tracking server, KServe in the cluster, Kubernetes steps; the storage differs."""
     from dagster_k8s import k8s_job_executor
 
-    return k8s_job_executor
+    from mlops_platform.defs.kserve_cluster import KServeClusterServing
+
+    return Profile(
+        resources={
+            "mlflow": MLflowResource(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"), ui_url=dg.EnvVar("MLOPS_MLFLOW_UI_URL")),
+            "landing": landing_store(storage, landing_uri=dg.EnvVar("MLOPS_LANDING_URI"),
+                                     quarantine_uri=dg.EnvVar("MLOPS_QUARANTINE_URI")),
+            "serving": KServeClusterServing(
+                namespace=dg.EnvVar("MLOPS_KSERVE_NAMESPACE"),
+                image=dg.EnvVar("MLOPS_SERVING_IMAGE"),
+                tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"),
+                service_account=dg.EnvVar("MLOPS_KSERVE_SERVICE_ACCOUNT"),
+                base_url=dg.EnvVar("MLOPS_SERVING_BASE_URL"),
+                prometheus_url=dg.EnvVar("MLOPS_PROMETHEUS_URL"),
+                deployment_mode=os.environ.get("MLOPS_KSERVE_DEPLOYMENT_MODE", "Standard"),
+            ),
+            "io_manager": io_manager,
+        },
+        executor=k8s_job_executor,
+        gpu_step_tags=gpu_step_tags(cloud),
+        cpu_step_tags=cpu_step_tags(),
+    )
 
 
 def _aws() -> Profile:
     from dagster_aws.s3 import S3PickleIOManager, S3Resource
 
     s3 = S3Resource(region_name=dg.EnvVar("AWS_REGION"))
-    return Profile(
-        resources={
-            "mlflow": _cloud_mlflow(),
-            "landing": S3LandingStore(s3=s3, landing_uri=dg.EnvVar("MLOPS_LANDING_URI"),
-                                      quarantine_uri=dg.EnvVar("MLOPS_QUARANTINE_URI")),
-            "serving": _cloud_serving(),
-            "io_manager": S3PickleIOManager(s3_resource=s3, s3_bucket=dg.EnvVar("MLOPS_BUCKET"), s3_prefix="dagster-io"),
-        },
-        executor=_k8s_executor(),
-        gpu_step_tags=gpu_step_tags("aws"),
-        cpu_step_tags=cpu_step_tags(),
-    )
+    io = S3PickleIOManager(s3_resource=s3, s3_bucket=dg.EnvVar("MLOPS_BUCKET"), s3_prefix="dagster-io")
+    return _cloud("aws", lambda r, **uris: S3LandingStore(s3=r, **uris), s3, io)
 
 
 def _azure() -> Profile:
@@ -139,37 +133,16 @@ def _azure() -> Profile:
 
     adls2 = ADLS2Resource(storage_account=dg.EnvVar("MLOPS_STORAGE_ACCOUNT"),
                           credential=ADLS2DefaultAzureCredential(kwargs={}))  # workload identity, no static keys
-    return Profile(
-        resources={
-            "mlflow": _cloud_mlflow(),
-            "landing": ADLS2LandingStore(adls2=adls2, landing_uri=dg.EnvVar("MLOPS_LANDING_URI"),
-                                         quarantine_uri=dg.EnvVar("MLOPS_QUARANTINE_URI")),
-            "serving": _cloud_serving(),
-            "io_manager": ADLS2PickleIOManager(adls2=adls2, adls2_file_system=dg.EnvVar("MLOPS_CONTAINER"),
-                                               adls2_prefix="dagster-io"),
-        },
-        executor=_k8s_executor(),
-        gpu_step_tags=gpu_step_tags("azure"),
-        cpu_step_tags=cpu_step_tags(),
-    )
+    io = ADLS2PickleIOManager(adls2=adls2, adls2_file_system=dg.EnvVar("MLOPS_CONTAINER"), adls2_prefix="dagster-io")
+    return _cloud("azure", lambda r, **uris: ADLS2LandingStore(adls2=r, **uris), adls2, io)
 
 
 def _gcp() -> Profile:
     from dagster_gcp import GCSPickleIOManager, GCSResource
 
     gcs = GCSResource(project=dg.EnvVar("MLOPS_GCP_PROJECT"))
-    return Profile(
-        resources={
-            "mlflow": _cloud_mlflow(),
-            "landing": GCSLandingStore(gcs=gcs, landing_uri=dg.EnvVar("MLOPS_LANDING_URI"),
-                                       quarantine_uri=dg.EnvVar("MLOPS_QUARANTINE_URI")),
-            "serving": _cloud_serving(),
-            "io_manager": GCSPickleIOManager(gcs=gcs, gcs_bucket=dg.EnvVar("MLOPS_BUCKET"), gcs_prefix="dagster-io"),
-        },
-        executor=_k8s_executor(),
-        gpu_step_tags=gpu_step_tags("gcp"),
-        cpu_step_tags=cpu_step_tags(),
-    )
+    io = GCSPickleIOManager(gcs=gcs, gcs_bucket=dg.EnvVar("MLOPS_BUCKET"), gcs_prefix="dagster-io")
+    return _cloud("gcp", lambda r, **uris: GCSLandingStore(gcs=r, **uris), gcs, io)
 
 
 PROFILES: dict[str, Callable[[], Profile]] = {"local": _local, "aws": _aws, "azure": _azure, "gcp": _gcp}
