@@ -11,7 +11,8 @@ import pandas as pd
 
 from mlops_platform.core import canary, data, evaluation, training
 from mlops_platform.core.spec import ModelSpec
-from mlops_platform.defs.resources import CHAMPION, Endpoint, LandingStore, MLflowResource, ModelServing
+from mlops_platform.aliases import CHAMPION
+from mlops_platform.defs.resources import Endpoint, LandingStore, LoggedRun, MLflowResource, ModelServing
 
 GPU_POOL = "gpu"
 BATCHES_VALID = "batches_valid"
@@ -174,8 +175,6 @@ def build_model_assets(spec: ModelSpec, gpu_step_tags: dict | None = None, cpu_s
     @dg.asset(key=key("challenger"), group_name=group, op_tags=cpu_tags, ins={"trained": dg.AssetIn(key("trained_model"))}, kinds={"mlflow"})
     def challenger(context: dg.AssetExecutionContext, trained: dict, mlflow: MLflowResource) -> dg.Output[dict]:
         """A new registered MLflow version of the trained model, aliased `challenger`."""
-        from mlops_platform.defs.resources import LoggedRun
-
         run = LoggedRun(trained["run_id"], trained["experiment_id"], trained["model_uri"], "")
         version = mlflow.register(spec, run, tags={"dagster_run_id": context.run.run_id})
         return dg.Output({"version": version, **trained}, metadata={
@@ -242,7 +241,7 @@ def build_model_assets(spec: ModelSpec, gpu_step_tags: dict | None = None, cpu_s
     )
     def canary_release(report: dict, dataset: TrainingDataset, mlflow: MLflowResource, serving: ModelServing):
         """The challenger served beside the champion to a share of traffic; the analysis promotes or rolls it back."""
-        name, version, stable = spec.registered_name, report["challenger_version"], report["champion_version"]
+        version, stable = report["challenger_version"], report["champion_version"]
         verdict = release_canary(spec, mlflow, serving, stable, version, _replay_rows(dataset))
         passed = verdict["outcome"] == canary.PROMOTE
         yield dg.Output({"version": version, "stable": stable, "verdict": verdict}, metadata={
@@ -278,7 +277,7 @@ def build_model_assets(spec: ModelSpec, gpu_step_tags: dict | None = None, cpu_s
         """The champion's live endpoint, watched after promotion; an SLO breach rolls back to the previous champion."""
         import requests
 
-        name, version, previous = spec.registered_name, current["version"], current["previous"]
+        version, previous = current["version"], current["previous"]
         verdict, served = guard_champion(spec, mlflow, serving, version, previous, _replay_rows(dataset))
         rolled_back = served.version != version
         sample = dataset.holdout[features].head(3).to_numpy(dtype=np.float64).tolist()

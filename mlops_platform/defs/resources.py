@@ -19,14 +19,12 @@ from urllib.parse import urlparse
 import dagster as dg
 import pandas as pd
 import requests
-from pydantic import PrivateAttr
 
+from mlops_platform.aliases import CHALLENGER, CHAMPION
 from mlops_platform.core.canary import Snapshot, parse_prometheus
 from mlops_platform.core.spec import ModelSpec
 from mlops_platform.core.training import Classifier
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
 
 
 # --------------------------------------------------------------------------- MLflow

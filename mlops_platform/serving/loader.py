@@ -9,8 +9,6 @@ from mlflow import MlflowClient
 
 from mlops_platform.core.training import Classifier
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
 
 
 @dataclass

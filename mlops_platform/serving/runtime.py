@@ -22,7 +22,8 @@ from mlflow import MlflowClient
 from pydantic import BaseModel, Field
 
 from mlops_platform.serving import protocol
-from mlops_platform.serving.loader import CHAMPION, LoadedModel, load_registered
+from mlops_platform.aliases import CHAMPION
+from mlops_platform.serving.loader import LoadedModel, load_registered
 from mlops_platform.serving.metrics import COMPUTE, LATENCY, REQUESTS
 from mlops_platform.serving.routing import CANARY, STABLE, Routing, RoutingStore, Splitter
 

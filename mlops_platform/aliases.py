@@ -1,0 +1,4 @@
+"""The MLflow registry aliases the platform moves: `challenger` on registration, `champion` on promotion."""
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
