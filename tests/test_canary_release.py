@@ -179,3 +179,16 @@ def test_guard_rolls_back_a_promoted_champion_that_breaches_its_slo(champion):
     tags = mlflow_client().get_model_version(NAME, broken).tags
     assert "breaches the SLO" in tags["rolled_back"]
     assert "superseded_by" not in mlflow_client().get_model_version(NAME, before).tags
+
+
+def test_kserve_repository_extension_reloads_the_current_champion(champion):
+    serving = resources()["serving"]
+    stable = current_champion()
+    other = str(int(stable) - 1)
+    serving.set_routing(NAME, other)  # serving something other than the champion, as after a manual override
+    response = requests.post(f"{serving.base_url}/v2/repository/models/{NAME}/load", timeout=60)
+    assert response.status_code == 200 and response.json() == {"name": NAME, "load": True}
+    assert routing() == {"stable": stable, "canary": None, "canary_percent": 0}
+    missing = requests.post(f"{serving.base_url}/v2/repository/models/no-such-model/load", timeout=60)
+    # KServe's repository extension answers a model it cannot load with 503 ModelNotReady, naming the model.
+    assert missing.status_code == 503 and "no-such-model" in missing.json()["error"]
