@@ -184,8 +184,7 @@ def test_guard_rolls_back_a_promoted_champion_that_breaches_its_slo(champion):
 def test_kserve_repository_extension_reloads_the_current_champion(champion):
     serving = resources()["serving"]
     stable = current_champion()
-    other = str(int(stable) - 1)
-    serving.set_routing(NAME, other)  # serving something other than the champion, as after a manual override
+    serving.set_routing(NAME, register_broken_version())  # something other than the champion, as after a manual override
     response = requests.post(f"{serving.base_url}/v2/repository/models/{NAME}/load", timeout=60)
     assert response.status_code == 200 and response.json() == {"name": NAME, "load": True}
     assert routing() == {"stable": stable, "canary": None, "canary_percent": 0}
