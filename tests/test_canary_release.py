@@ -61,6 +61,13 @@ def register_broken_version() -> str:
     return str(mlflow.register_model(info.model_uri, NAME).version)
 
 
+def register_copy_of_champion() -> str:
+    """Another registered version of the champion's own model: healthy, and not the champion."""
+    client = mlflow_client()
+    current = client.get_model_version_by_alias(NAME, "champion")
+    return str(client.create_model_version(NAME, source=current.source, run_id=current.run_id).version)
+
+
 def test_healthy_challenger_is_promoted_through_the_canary(champion):
     result = run_job(SPEC)
     assert result.success
@@ -113,7 +120,7 @@ def test_too_little_traffic_gives_no_decision_and_no_promotion(champion):
 def test_split_survives_a_server_restart_and_is_exact(champion):
     serving = resources()["serving"]
     stable = current_champion()
-    other = str(int(stable) - 1)
+    other = register_copy_of_champion()
     serving.set_routing(NAME, stable, other, 25)
     assert serving.stop()
     serving.ensure_running()
@@ -131,7 +138,7 @@ def test_split_survives_a_server_restart_and_is_exact(champion):
 def test_split_changes_at_run_time_without_restart_or_dropped_requests(champion):
     serving = resources()["serving"]
     stable = current_champion()
-    other = str(int(stable) - 1)
+    other = register_copy_of_champion()
     pid = serving.running_pid()
     statuses, stop = [], threading.Event()
 
