@@ -53,6 +53,8 @@ class EndpointModel(Model):
         self.routing = Routing(stable.version, canary.version if canary else None, canary_percent if canary else 0)
         self._splitter = Splitter(self.routing.canary_percent)
         self._threads = {rev: ThreadPoolExecutor(1, thread_name_prefix=f"{name}-{rev}") for rev in (stable_label, CANARY)} if canary else {}
+        # Histogram children resolved once here, not per request on the hot path.
+        self._timers = {rev: COMPUTE.labels(name, rev) for rev in (stable_label, CANARY)}
         self.ready = True
 
     @property
@@ -81,7 +83,7 @@ class EndpointModel(Model):
             note["revision"], note["version"] = revision, loaded.version
         v2 = isinstance(payload, InferRequest)
         matrix = protocol.parse_v2(payload, loaded.feature_names) if v2 else protocol.parse_v1(payload, loaded.feature_names)
-        timer = COMPUTE.labels(self.name, revision)
+        timer = self._timers[revision]
         if self._threads:
             labels, proba = await asyncio.get_running_loop().run_in_executor(self._threads[revision], _classify, loaded, matrix, timer)
         else:
