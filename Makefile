@@ -53,8 +53,15 @@ run: home ## seed landing, run the end-to-end job, print the endpoint and a pred
 launch: home ## launch the job through the run launcher, as `dagster job launch` does
 	$(BIN)/dagster job launch -w workspace.yaml -j $(JOB)
 
-test: install infra-tools ## run the test suite (platform and infrastructure)
+lint: install ## ruff, and the import-linter contracts that keep the layers apart
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+test: install infra-tools lint ## the whole suite CI runs: lint, layer contracts, every test tier in random order
 	$(BIN)/pytest
+
+test-fast: install ## the pure core, protocol, routing, storage and metrics tests: seconds, no servers
+	$(BIN)/pytest -m "not slow" tests/core tests/serving tests/integrations
 
 ui: home ## open the Dagster UI on http://127.0.0.1:3000
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
@@ -77,10 +84,10 @@ synth: install infra-tools ## synthesize all six infrastructure stacks into infr
 checkov: synth ## scan the synthesized stacks with checkov and the reviewed skip list
 	$(PY) infra_cdktf/scan.py
 
-lock: install ## regenerate constraints.txt from the current virtualenv
+lock: ## regenerate constraints.txt from the current virtualenv
 	( sed -n '1,2p' constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -v '^-e ' ) > constraints.tmp && mv constraints.tmp constraints.txt
 
 clean: stop ## stop the server and delete local state (MLflow store, Dagster home, landing)
 	rm -rf $(MLOPS_HOME)
 
-.PHONY: help install infra-tools home run launch test ui mlflow-ui stop validate bench synth checkov lock clean
+.PHONY: help install infra-tools home run launch lint test test-fast ui mlflow-ui stop validate bench synth checkov lock clean

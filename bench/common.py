@@ -1,42 +1,24 @@
-"""Shared pieces of the benchmarks: a throw-away platform home, the wrk load tool, process CPU accounting."""
+"""Shared pieces of the benchmarks: the wrk load tool and process CPU accounting; the platform set-up is the tests'
+(`tests/support.py`)."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import socket
 import subprocess
+import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
+from tests import support  # noqa: E402  (the benchmarks set up the platform exactly as the tests do)
+from tests.support import free_port, platform_home  # noqa: E402
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def platform_home():
-    """MLOPS_HOME, DAGSTER_HOME and a free serving port in a temp folder; the model server is stopped at the end."""
-    home = Path(tempfile.mkdtemp(prefix="mlops-bench-"))
-    (home / "dagster_home").mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster_home" / "dagster.yaml")
-    os.environ.update(MLOPS_HOME=str(home), DAGSTER_HOME=str(home / "dagster_home"),
-                      MLOPS_SERVING_PORT=str(free_port()), MLOPS_PROFILE="local")
-    from mlops_platform.defs.profiles import load_profile
-
-    try:
-        yield home
-    finally:
-        load_profile().resources["serving"].stop()
-        shutil.rmtree(home, ignore_errors=True)
+__all__ = ["free_port", "platform_home", "serve_model", "wrk", "wait_http", "cpu_seconds"]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -108,17 +90,8 @@ def wait_http(url: str, timeout: float = 90.0) -> None:
 
 
 def serve_model(model: str):
-    """Seed landing with the bundled data and run the model's end-to-end job: (spec, resources) with its champion served."""
-    import dagster as dg
-
-    from mlops_platform.cli import main as cli
-    from mlops_platform.core.spec import load_specs
-    from mlops_platform.definitions import build_definitions
-    from mlops_platform.defs.model_assets import job_name
-    from mlops_platform.defs.profiles import load_profile
-
-    cli(["seed", "--model", model])
-    spec = next(s for s in load_specs() if s.name == model)
-    with dg.DagsterInstance.get() as instance:
-        build_definitions(specs=[spec]).resolve_job_def(job_name(spec)).execute_in_process(instance=instance)
-    return spec, load_profile().resources
+    """Seed landing with the bundled data and run the model's end-to-end job: (spec, registry, serving backend), with
+    its champion served."""
+    spec = support.spec_named(model)
+    support.serve_model(spec)
+    return spec, support.registry(), support.serving()

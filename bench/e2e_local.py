@@ -14,22 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _timed_run(job) -> dict:
@@ -66,17 +57,12 @@ def _timed_run(job) -> dict:
 
 
 def main() -> None:
-    home = Path(tempfile.mkdtemp(prefix="mlops-bench-"))
-    (home / "dagster_home").mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster_home" / "dagster.yaml")
-    os.environ.update(MLOPS_HOME=str(home), DAGSTER_HOME=str(home / "dagster_home"),
-                      MLOPS_SERVING_PORT=str(_free_port()), MLOPS_PROFILE="local")
-    from mlops_platform.cli import main as cli
-    from mlops_platform.definitions import build_definitions
-    from mlops_platform.defs.profiles import load_profile
+    from bench.common import platform_home
 
-    serving = load_profile().resources["serving"]
-    try:
+    with platform_home():
+        from mlops_platform.cli import main as cli
+        from mlops_platform.definitions import build_definitions
+
         cli(["seed", "--model", "breast_cancer"])
         job = build_definitions().resolve_job_def("breast_cancer_train_and_deploy")
         cold = _timed_run(job)
@@ -85,9 +71,6 @@ def main() -> None:
         subprocess.run([str(Path(sys.executable).parent / "dagster"), "job", "execute", "-m", "mlops_platform.definitions",
                         "-j", "breast_cancer_train_and_deploy"], cwd=REPO, check=True, capture_output=True)
         cli_wall = round(time.perf_counter() - started, 3)
-    finally:
-        serving.stop()
-        shutil.rmtree(home, ignore_errors=True)
     figures = {
         "benchmark": "e2e_local",
         "machine": f"{os.cpu_count()} cpu",

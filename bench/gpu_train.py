@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mlops_platform.core.torch_training import TabularMLP, choose_device, fit_mlp  # noqa: E402
+from mlops_platform.core.torch_training import TabularMLP, choose_device, fit_mlp
 
 
 class UtilizationSampler:
@@ -58,7 +58,7 @@ class UtilizationSampler:
                 pass
             self._stop.wait(self.period_s)
 
-    def __enter__(self) -> "UtilizationSampler":
+    def __enter__(self) -> UtilizationSampler:
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
         return self

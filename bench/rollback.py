@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import platform_home, serve_model  # noqa: E402
+from bench.common import platform_home, serve_model
 
 MODEL = "breast_cancer"
 
@@ -91,10 +91,9 @@ def main() -> None:
         from sklearn.preprocessing import StandardScaler
 
         from mlops_platform.core import data
-        from mlops_platform.defs.model_assets import release_canary
+        from mlops_platform.defs.release import release_canary
 
-        spec, resources = serve_model(MODEL)
-        mlflow_res, serving = resources["mlflow"], resources["serving"]
+        spec, mlflow_res, serving = serve_model(MODEL)
         name, features, target = spec.registered_name, spec.dataset.features, spec.dataset.target
         stable = mlflow_res.version_for(name, "champion")
         frame = data.bundled_batches(spec.dataset, 1)[0]
@@ -118,12 +117,12 @@ def main() -> None:
             time.sleep(1.0)
             for label, version in (("failing_challenger", broken), ("slow_challenger", slow)):
                 started = time.monotonic()
-                verdict = release_canary(spec, mlflow_res, serving, stable, version, rows)
+                verdict = release_canary(spec, mlflow_res, serving, stable, version, rows).verdict
                 ended = time.monotonic()
                 failed, total = clients.failed_between(started, ended)
                 results[label] = {
-                    "outcome": verdict["outcome"],
-                    "reason": verdict["reason"],
+                    "outcome": str(verdict.outcome),
+                    "reason": verdict.reason,
                     "seconds_canary_start_to_100pct_stable": round(ended - started, 3),
                     "failed_client_requests": failed,
                     "client_requests_during": total,

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import free_port, platform_home, serve_model, wait_http, wrk  # noqa: E402
+from bench.common import free_port, platform_home, serve_model, wait_http, wrk
 
 MODEL = "breast_cancer"
 
@@ -28,6 +28,7 @@ def in_process_floor(loaded, features: list[str], rows: list[list[float]], repea
     import orjson
     import sklearn
 
+    from mlops_platform.core.training import labels_from_proba
     from mlops_platform.serving import protocol
 
     sklearn.set_config(assume_finite=True, skip_parameter_validation=True)
@@ -38,7 +39,7 @@ def in_process_floor(loaded, features: list[str], rows: list[list[float]], repea
     for _ in range(repeat):
         matrix = protocol.parse_v1(orjson.loads(body), features)
         proba = loaded.classifier.predict_proba(matrix)
-        orjson.dumps(protocol.v1_response(loaded.classifier.classes_[proba.argmax(axis=1)]))
+        orjson.dumps(protocol.v1_response(labels_from_proba(loaded.classifier.classes_, proba)))
     return round((time.perf_counter() - started) / repeat * 1e6, 1)
 
 
@@ -49,12 +50,11 @@ def main() -> None:
 
     with platform_home() as home:
         from mlops_platform.core import data
-        from mlops_platform.serving.loader import load_registered
+        from mlops_platform.integrations.registry import Alias, load_registered
 
-        spec, resources = serve_model(MODEL)
-        serving, mlflow_res = resources["serving"], resources["mlflow"]
+        spec, registry, serving = serve_model(MODEL)
         name = spec.registered_name
-        version = mlflow_res.version_for(name, "champion")
+        version = registry.version_for(name, Alias.CHAMPION)
         frame = data.bundled_batches(spec.dataset, 1)[0]
         features = spec.dataset.features
         rows = frame[features].to_numpy(dtype=float).tolist()
@@ -62,13 +62,13 @@ def main() -> None:
 
         import mlflow
 
-        mlflow.set_tracking_uri(mlflow_res.tracking_uri)
-        loaded = load_registered(mlflow_res.client(), name, version=version)
+        mlflow.set_tracking_uri(registry.tracking_uri)
+        loaded = load_registered(registry.client(), name, version=version)
         floors = {n: in_process_floor(loaded, features, r) for n, r in bodies.items()}
 
         mlflow_port = free_port()
         # mlflow serve execs `uvicorn` by name: the virtualenv must come first on PATH.
-        env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_res.tracking_uri,
+        env = {**os.environ, "MLFLOW_TRACKING_URI": registry.tracking_uri,
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         mlflow_serve = subprocess.Popen(
             [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{name}/{version}",
@@ -76,7 +76,7 @@ def main() -> None:
             env=env, cwd=home, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             wait_http(f"http://127.0.0.1:{mlflow_port}/ping")
-            ours_pid = serving.running_pid()
+            ours_pid = serving.process.running_pid()
             targets = {
                 "kserve_runtime": (f"{serving.base_url}/v1/models/{name}:predict", lambda r: {"instances": r}, ours_pid),
                 "mlflow_serve": (f"http://127.0.0.1:{mlflow_port}/invocations",

@@ -7,10 +7,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from cdktn import App  # noqa: E402
+from cdktn import App
 
-from mlops_infra.config import ENVIRONMENTS  # noqa: E402
-from mlops_infra.stacks import build  # noqa: E402
+from mlops_infra.config import ENVIRONMENTS
+from mlops_infra.stacks import build
 
 
 def main() -> None:

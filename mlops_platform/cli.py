@@ -1,16 +1,24 @@
-"""`python -m mlops_platform.cli`: seed the landing folder, ask a served model for a prediction, stop the local server."""
+"""`python -m mlops_platform.cli`: seed the landing area, ask a served model for a prediction, stop the local server.
+
+Every command goes through the same resources and integrations as the assets, under whichever profile
+`MLOPS_PROFILE` names; where a profile cannot do something, the command says why and exits non-zero.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+from typing import Any
 
+import dagster as dg
 import requests
 
 from mlops_platform.core import data
 from mlops_platform.core.spec import ModelSpec, load_specs
-from mlops_platform.defs.profiles import load_profile
+from mlops_platform.defs.profiles import current_profile_name, load_profile
+from mlops_platform.integrations.serving import UnsupportedOperation
 
 
 def _specs(name: str | None) -> list[ModelSpec]:
@@ -21,8 +29,20 @@ def _specs(name: str | None) -> list[ModelSpec]:
     return chosen
 
 
+def _resource(key: str) -> Any:
+    """The profile's resource, with its environment variables resolved as Dagster resolves them for a run."""
+    try:
+        with dg.build_resources({key: load_profile().resources[key]}) as built:
+            return getattr(built, key)
+    except dg.DagsterInvalidConfigError as exc:
+        missing = sorted(set(re.findall(r'environment variable "(\w+)" which is not set', str(exc))))
+        if not missing:
+            raise
+        raise RuntimeError(f"the {key} resource needs these environment variables: {', '.join(missing)}") from None
+
+
 def seed(args: argparse.Namespace) -> None:
-    landing = load_profile().resources["landing"]
+    landing = _resource("landing").get_store()
     for spec in _specs(args.model):
         if landing.list_batches(spec.name) and not args.force:
             print(f"{spec.name}: landing already holds batches; leaving it as it is")
@@ -33,20 +53,19 @@ def seed(args: argparse.Namespace) -> None:
 
 
 def predict(args: argparse.Namespace) -> None:
-    serving = load_profile().resources["serving"]
+    serving = _resource("serving").get_backend()
     for spec in _specs(args.model):
         rows = data.bundled_batches(spec.dataset, 1)[0].head(args.rows)
-        url = f"{serving.base_url}/v1/models/{spec.registered_name}:predict"
+        endpoint = serving.endpoint(spec.registered_name)
         body = {"instances": rows[spec.dataset.features].to_numpy(dtype=float).tolist()}
-        response = requests.post(url, json=body, timeout=30)
-        version = requests.get(f"{serving.base_url}/v2/models/{spec.registered_name}", timeout=10).json().get("versions")
-        print(f"endpoint: {url}  (model version {', '.join(version or [])})")
+        response = requests.post(endpoint.v1_predict_url, json=body, timeout=30)
+        print(f"endpoint: {endpoint.v1_predict_url}  (model version {endpoint.version})")
         print(f"prediction for {len(rows)} rows: {json.dumps(response.json())}  expected: {rows[spec.dataset.target].tolist()}")
         response.raise_for_status()
 
 
 def stop(_: argparse.Namespace) -> None:
-    serving = load_profile().resources["serving"]
+    serving = _resource("serving").get_backend()
     print("stopped the model server" if serving.stop() else "no model server was running")
 
 
@@ -64,7 +83,10 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(handler=predict)
     commands.add_parser("stop", help="stop the local model server").set_defaults(handler=stop)
     args = parser.parse_args(argv)
-    args.handler(args)
+    try:
+        args.handler(args)
+    except (UnsupportedOperation, RuntimeError, requests.RequestException) as exc:
+        sys.exit(f"{args.command} under the {current_profile_name()!r} profile: {exc}")
 
 
 if __name__ == "__main__":

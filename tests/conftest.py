@@ -1,37 +1,35 @@
-"""Shared fixtures: an isolated platform home (MLflow on SQLite, Dagster instance, landing) and a free loopback port."""
+"""Shared fixtures and the test tiers.
+
+Each folder mirrors a package: `core`, `serving`, `integrations`, `defs`, `infra`, and `e2e` for whole runs. Every
+test is marked with its folder's name; tests that start real processes or run jobs are also marked `slow`, and
+`make test-fast` runs the rest.
+"""
 
 from __future__ import annotations
 
-import shutil
-import socket
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support import REPO, free_port
+from tests.support import platform_home as _platform_home
+
+__all__ = ["REPO", "free_port"]
+
+TIERS = ("core", "serving", "integrations", "defs", "infra", "e2e")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        tier = Path(item.fspath).parent.name
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
+        if tier == "e2e" or "platform_home" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="module")
-def platform_home(tmp_path_factory, request):
+def platform_home(tmp_path_factory):
     """MLOPS_HOME, DAGSTER_HOME and the serving port point into a fresh temp folder for one test module."""
-    home = tmp_path_factory.mktemp("mlops_home")
-    dagster_home = home / "dagster_home"
-    dagster_home.mkdir()
-    shutil.copy(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
-    patch = pytest.MonkeyPatch()
-    patch.setenv("MLOPS_HOME", str(home))
-    patch.setenv("DAGSTER_HOME", str(dagster_home))
-    patch.setenv("MLOPS_SERVING_PORT", str(free_port()))
-    patch.setenv("MLOPS_PROFILE", "local")
-    patch.delenv("MLOPS_MODELS_DIR", raising=False)
-    yield home
-    from mlops_platform.defs.profiles import load_profile
-
-    load_profile("local").resources["serving"].stop()
-    patch.undo()
+    with _platform_home(tmp_path_factory.mktemp("platform")) as home:
+        yield home

@@ -1,17 +1,33 @@
 """Canary analysis: request counters and latency histograms of two revisions in, promote / roll back / wait out.
 
-Works on cumulative snapshots, whether read from the server's own `/metrics` or from Prometheus, so the decision is
-the same code locally and in the cluster. No Dagster, no HTTP here.
+Works on cumulative snapshots, whether read from the server's own `/metrics` or from Prometheus (the readers live in
+`integrations.metrics`), so the decision is the same code locally and in the cluster. No Dagster, no HTTP here.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from enum import StrEnum
 
-PROMOTE, ROLLBACK, INCONCLUSIVE = "promote", "rollback", "inconclusive"
+
+class Outcome(StrEnum):
+    """What an analysis decides about a revision."""
+
+    PROMOTE = "promote"
+    ROLLBACK = "rollback"
+    INCONCLUSIVE = "inconclusive"
+
+
+class Revision(StrEnum):
+    """The two revisions an endpoint can serve at once; also the `revision` label on request metrics."""
+
+    STABLE = "stable"
+    CANARY = "canary"
+
+
 REQUESTS_METRIC = "mlops_inference_requests_total"
 LATENCY_METRIC = "mlops_inference_request_duration_seconds"
 COMPUTE_METRIC = "mlops_inference_compute_seconds"
@@ -25,28 +41,6 @@ class Snapshot:
     buckets: dict[str, dict[float, float]] = field(default_factory=dict)
     compute: dict[str, dict[float, float]] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
-
-
-def parse_prometheus(text: str, model: str) -> Snapshot:
-    """The platform's request metrics for one endpoint, from Prometheus text exposition."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    snap = Snapshot()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = sample.labels
-            if labels.get("model") != model:
-                continue
-            if sample.name == REQUESTS_METRIC:
-                key = (labels["revision"], labels["code"])
-                snap.requests[key] = snap.requests.get(key, 0.0) + sample.value
-                if labels.get("version"):
-                    snap.versions[labels["revision"]] = labels["version"]
-            elif sample.name in (f"{LATENCY_METRIC}_bucket", f"{COMPUTE_METRIC}_bucket"):
-                le = math.inf if labels["le"] in ("+Inf", "inf") else float(labels["le"])
-                target = snap.buckets if sample.name.startswith(LATENCY_METRIC) else snap.compute
-                target.setdefault(labels["revision"], {})[le] = sample.value
-    return snap
 
 
 def histogram_quantile(q: float, cumulative: dict[float, float]) -> float | None:
@@ -119,7 +113,7 @@ class CanaryThresholds:
 
 @dataclass
 class Verdict:
-    outcome: str
+    outcome: Outcome
     reason: str
     stable: RevisionWindow | None
     canary: RevisionWindow | None
@@ -133,31 +127,31 @@ def judge(stable: RevisionWindow, canary: RevisionWindow, t: CanaryThresholds, f
     """A verdict, or None while more traffic is needed. Failures decide as soon as the evidence suffices."""
     if canary.requests >= min(t.min_requests, 20) and canary.error_rate > max(t.max_error_rate,
                                                                              stable.error_rate + t.max_error_rate_increase):
-        return Verdict(ROLLBACK, f"canary error rate {canary.error_rate:.1%} over {canary.requests} requests "
+        return Verdict(Outcome.ROLLBACK, f"canary error rate {canary.error_rate:.1%} over {canary.requests} requests "
                                  f"(stable {stable.error_rate:.1%}, limit {t.max_error_rate:.1%})", stable, canary)
     early = canary.requests >= min(t.min_requests, 20)
     if early and t.max_p95_ms is not None and canary.p95_ms is not None and canary.p95_ms > t.max_p95_ms:
-        return Verdict(ROLLBACK, f"canary p95 latency {canary.p95_ms:.1f} ms exceeds the SLO's {t.max_p95_ms:g} ms "
+        return Verdict(Outcome.ROLLBACK, f"canary p95 latency {canary.p95_ms:.1f} ms exceeds the SLO's {t.max_p95_ms:g} ms "
                                  f"(stable {stable.p95_ms or 0:.1f} ms)", stable, canary)
     if canary.requests < t.min_requests:
         if final:
-            return Verdict(INCONCLUSIVE, f"only {canary.requests} canary requests, fewer than the {t.min_requests} "
+            return Verdict(Outcome.INCONCLUSIVE, f"only {canary.requests} canary requests, fewer than the {t.min_requests} "
                                          f"needed to decide", stable, canary)
         return None
     # The model's own compute time when both revisions report it (queueing they share cancels out), else end to end.
     measure = "model compute" if canary.compute_p95_ms is not None and stable.compute_p95_ms is not None else "end-to-end"
     c_p95, s_p95 = (canary.compute_p95_ms, stable.compute_p95_ms) if measure == "model compute" else (canary.p95_ms, stable.p95_ms)
-    if c_p95 is not None and s_p95 is not None:
-        if c_p95 > s_p95 * t.max_latency_ratio and c_p95 - s_p95 > t.min_latency_increase_ms:
-            return Verdict(ROLLBACK, f"canary p95 latency {c_p95:.2f} ms against stable {s_p95:.2f} ms in {measure} "
-                                     f"(limit ×{t.max_latency_ratio:g})", stable, canary)
+    slower = c_p95 is not None and s_p95 is not None and c_p95 > s_p95 * t.max_latency_ratio
+    if slower and c_p95 - s_p95 > t.min_latency_increase_ms:
+        return Verdict(Outcome.ROLLBACK, f"canary p95 latency {c_p95:.2f} ms against stable {s_p95:.2f} ms in {measure} "
+                                         f"(limit ×{t.max_latency_ratio:g})", stable, canary)
     if not final:
         return None
-    return Verdict(PROMOTE, f"canary healthy over {canary.requests} requests: error rate {canary.error_rate:.1%}, "
+    return Verdict(Outcome.PROMOTE, f"canary healthy over {canary.requests} requests: error rate {canary.error_rate:.1%}, "
                             f"p95 {canary.p95_ms or 0:.1f} ms (stable {stable.p95_ms or 0:.1f} ms)", stable, canary)
 
 
-def analyze(snapshot: Callable[[], Snapshot], t: CanaryThresholds, *, stable: str = "stable", canary: str = "canary",
+def analyze(snapshot: Callable[[], Snapshot], t: CanaryThresholds, *, stable: str = Revision.STABLE, canary: str = Revision.CANARY,
             clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> Verdict:
     """Poll until a verdict: early rollback on clear failure, promotion after the window, inconclusive at the limit."""
     start, baseline = clock(), snapshot()
@@ -184,7 +178,7 @@ class SloThresholds:
     poll_seconds: float = 0.25
 
 
-def watch(snapshot: Callable[[], Snapshot], slo: SloThresholds, *, revision: str = "stable",
+def watch(snapshot: Callable[[], Snapshot], slo: SloThresholds, *, revision: str = Revision.STABLE,
           clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> Verdict:
     """Watch the stable revision; a breach ends the watch at once with ROLLBACK, else PROMOTE (keep) at the end."""
     start, baseline = clock(), snapshot()
@@ -194,12 +188,12 @@ def watch(snapshot: Callable[[], Snapshot], slo: SloThresholds, *, revision: str
         w = window(baseline, snapshot(), revision)
         enough = w.requests >= slo.min_requests
         if enough and w.error_rate > slo.max_error_rate:
-            return Verdict(ROLLBACK, f"error rate {w.error_rate:.1%} over {w.requests} requests breaches the SLO "
+            return Verdict(Outcome.ROLLBACK, f"error rate {w.error_rate:.1%} over {w.requests} requests breaches the SLO "
                                      f"of {slo.max_error_rate:.1%}", w, None, round(elapsed, 3))
         if enough and w.p95_ms is not None and w.p95_ms > slo.max_p95_ms:
-            return Verdict(ROLLBACK, f"p95 latency {w.p95_ms:.1f} ms breaches the SLO of {slo.max_p95_ms:g} ms",
+            return Verdict(Outcome.ROLLBACK, f"p95 latency {w.p95_ms:.1f} ms breaches the SLO of {slo.max_p95_ms:g} ms",
                            w, None, round(elapsed, 3))
         if elapsed >= slo.watch_seconds:
             reason = (f"held its SLO over {w.requests} requests" if enough
                       else f"only {w.requests} requests in the watch window; nothing to judge")
-            return Verdict(PROMOTE if enough else INCONCLUSIVE, reason, w, None, round(elapsed, 3))
+            return Verdict(Outcome.PROMOTE if enough else Outcome.INCONCLUSIVE, reason, w, None, round(elapsed, 3))

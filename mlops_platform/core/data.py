@@ -39,7 +39,7 @@ def bundled_batches(spec: DatasetSpec, n_batches: int = 3) -> list[pd.DataFrame]
         raise ValueError(f"bundled source {spec.source!r} lacks the spec's columns {missing}")
     frame = frame[spec.columns].sample(frac=1.0, random_state=spec.seed).reset_index(drop=True)
     bounds = np.linspace(0, len(frame), n_batches + 1).round().astype(int)
-    return [frame.iloc[a:b].reset_index(drop=True) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [frame.iloc[a:b].reset_index(drop=True) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def encode_batch(frame: pd.DataFrame) -> bytes:

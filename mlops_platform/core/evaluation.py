@@ -9,7 +9,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from mlops_platform.core.spec import GateSpec
-from mlops_platform.core.training import Classifier
+from mlops_platform.core.training import Classifier, labels_from_proba, predict_labels
 
 
 def _binary(classes: np.ndarray) -> bool:
@@ -18,7 +18,7 @@ def _binary(classes: np.ndarray) -> bool:
 
 def compute_metrics(names: list[str], y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> dict[str, float]:
     """The named metrics; binary problems score the second class as positive, others use macro averages."""
-    y_pred = classes[np.argmax(proba, axis=1)]
+    y_pred = labels_from_proba(classes, proba)
     average = "binary" if _binary(classes) else "macro"
     pos = {"pos_label": classes[1]} if _binary(classes) else {}
     scorers = {
@@ -50,7 +50,7 @@ def confusion_matrix_png(model: Classifier, features: np.ndarray, y_true: np.nda
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    y_pred = model.classes_[np.argmax(model.predict_proba(features), axis=1)]
+    y_pred = predict_labels(model, features)
     fig, ax = plt.subplots(figsize=(4, 3.6), dpi=100)
     try:
         skm.ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=model.classes_, ax=ax, colorbar=False)

@@ -33,7 +33,7 @@ class DatasetSpec(_Strict):
     seed: int = 42
 
     @model_validator(mode="after")
-    def _target_not_a_feature(self) -> "DatasetSpec":
+    def _target_not_a_feature(self) -> DatasetSpec:
         if self.target in self.features:
             raise ValueError(f"target {self.target!r} is also listed as a feature")
         if len(set(self.features)) != len(self.features):
@@ -73,7 +73,7 @@ class EstimatorSpec(_Strict):
     torch: TorchSpec | None = None
 
     @model_validator(mode="after")
-    def _matches_framework(self) -> "EstimatorSpec":
+    def _matches_framework(self) -> EstimatorSpec:
         if self.framework == "sklearn" and not self.steps:
             raise ValueError("a sklearn estimator needs at least one step")
         if self.framework == "torch" and self.torch is None:
@@ -115,7 +115,7 @@ class CanarySpec(_Strict):
     max_window_seconds: float = Field(30.0, gt=0.0)
     replay_rps: float = Field(200.0, gt=0.0, description="Holdout rows replayed as traffic where there are no users (local).")
 
-    def thresholds(self, slo: "SloSpec | None" = None) -> CanaryThresholds:
+    def thresholds(self, slo: SloSpec | None = None) -> CanaryThresholds:
         return CanaryThresholds(**self.model_dump(exclude={"traffic_percent", "replay_rps"}),
                                 max_p95_ms=slo.max_p95_ms if slo else None)
 
@@ -161,7 +161,7 @@ class ModelSpec(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _gate_metric_is_reported(self) -> "ModelSpec":
+    def _gate_metric_is_reported(self) -> ModelSpec:
         if self.gate.metric not in self.metrics:
             raise ValueError(f"gate metric {self.gate.metric!r} is not among metrics {self.metrics}")
         return self

@@ -84,7 +84,7 @@ class TorchClassifier:
         return module
 
     @classmethod
-    def from_logged(cls, module: nn.Module) -> "TorchClassifier":
+    def from_logged(cls, module: nn.Module) -> TorchClassifier:
         return cls(module.cpu(), module.classes.numpy())
 
 
@@ -177,7 +177,7 @@ def fit_mlp(
     return TorchClassifier(model.cpu().float(), classes, report)
 
 
-def train_torch(spec: "ModelSpec", features: np.ndarray, labels: np.ndarray, device: str | None = None) -> TorchClassifier:
+def train_torch(spec: ModelSpec, features: np.ndarray, labels: np.ndarray, device: str | None = None) -> TorchClassifier:
     """The spec's network and loop settings applied to the training rows."""
     settings: dict[str, Any] = spec.estimator.torch.model_dump()
     return fit_mlp(features, labels, seed=spec.dataset.seed, device=device, **settings)

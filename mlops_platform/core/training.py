@@ -25,8 +25,13 @@ def feature_matrix(frame: pd.DataFrame, features: list[str]) -> np.ndarray:
     return np.ascontiguousarray(frame[features].to_numpy(dtype=np.float64))
 
 
+def labels_from_proba(classes: np.ndarray, proba: np.ndarray) -> np.ndarray:
+    """The most probable class of each row: the one place probabilities become labels."""
+    return np.asarray(classes)[np.argmax(proba, axis=1)]
+
+
 def predict_labels(model: Classifier, features: np.ndarray) -> np.ndarray:
-    return model.classes_[np.argmax(model.predict_proba(features), axis=1)]
+    return labels_from_proba(model.classes_, model.predict_proba(features))
 
 
 def _import(path: str) -> Any:

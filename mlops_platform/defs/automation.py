@@ -1,6 +1,5 @@
 """Retraining automation per model: a nightly schedule and a sensor that fires when a new batch lands."""
 
-
 import hashlib
 import json
 from typing import Any
@@ -8,7 +7,7 @@ from typing import Any
 import dagster as dg
 
 from mlops_platform.core.spec import ModelSpec
-from mlops_platform.defs.resources import LandingStore
+from mlops_platform.defs.resources import LandingResource
 
 
 def build_retrain_schedule(spec: ModelSpec, job: Any) -> dg.ScheduleDefinition:
@@ -30,9 +29,9 @@ def build_new_batch_sensor(spec: ModelSpec, job: Any) -> dg.SensorDefinition:
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Starts retraining {spec.name} when a batch lands or changes in its landing location.",
     )
-    def new_batch_sensor(context: dg.SensorEvaluationContext, landing: LandingStore):
+    def new_batch_sensor(context: dg.SensorEvaluationContext, landing: LandingResource):
         seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
-        current = landing.fingerprint(spec.name)
+        current = landing.get_store().fingerprint(spec.name)
         arrived = sorted(name for name, token in current.items() if seen.get(name) != token)
         # Remember only what is still there, so a batch that is quarantined and lands again fires again.
         context.update_cursor(json.dumps(current, sort_keys=True))

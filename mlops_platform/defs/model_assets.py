@@ -3,16 +3,26 @@ landing → dataset → model → challenger → gate → canary → champion �
 
 import base64
 import time
-from dataclasses import dataclass
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 
-from mlops_platform.core import canary, data, evaluation, training
+from mlops_platform.core import data, evaluation, training
+from mlops_platform.core.canary import Outcome
 from mlops_platform.core.spec import ModelSpec
-from mlops_platform.aliases import CHAMPION
-from mlops_platform.defs.resources import Endpoint, LandingStore, LoggedRun, MLflowResource, ModelServing
+from mlops_platform.defs.release import guard_champion, release_canary
+from mlops_platform.defs.resources import LandingResource, MLflowResource, ServingResource
+from mlops_platform.defs.types import (
+    CanaryRelease,
+    ChampionChange,
+    EndpointState,
+    GateReport,
+    RegisteredVersion,
+    TrainedModel,
+    TrainingDataset,
+)
+from mlops_platform.integrations.registry import Alias
 
 GPU_POOL = "gpu"
 BATCHES_VALID = "batches_valid"
@@ -21,53 +31,12 @@ CANARY_ANALYSIS = "canary_analysis"
 SLO_GUARD = "slo_guard"
 
 
-@dataclass
-class TrainingDataset:
-    """The validated rows split into training and holdout, with reference statistics for drift checks."""
-
-    train: pd.DataFrame
-    holdout: pd.DataFrame
-    reference: dict
-    features: list[str]
-
-
 def _png_markdown(png: bytes, title: str) -> dg.MetadataValue:
     return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{base64.b64encode(png).decode()})")
 
 
-def _replay_rows(dataset: "TrainingDataset", limit: int = 256) -> list[list[float]]:
+def _replay_rows(dataset: TrainingDataset, limit: int = 256) -> list[list[float]]:
     return dataset.holdout[dataset.features].head(limit).to_numpy(dtype=np.float64).tolist()
-
-
-def release_canary(spec: ModelSpec, mlflow: MLflowResource, serving: ModelServing, stable: str | None, version: str,
-                   rows: list[list[float]]) -> dict:
-    """Serve `version` as canary beside `stable`, judge it on live traffic, roll it back unless it passes; tags the verdict."""
-    name = spec.registered_name
-    if stable is None:
-        verdict = {"outcome": canary.PROMOTE, "reason": "no champion yet: nothing to compare against", "elapsed_s": 0.0}
-    else:
-        started = time.perf_counter()
-        serving.set_routing(name, stable, version, spec.canary.traffic_percent)
-        with serving.replay(name, rows, spec.canary.replay_rps):
-            result = canary.analyze(lambda: serving.snapshot(name), spec.canary.thresholds(spec.slo))
-        if result.outcome != canary.PROMOTE:
-            serving.set_routing(name, stable)  # automatic rollback: the canary leaves, stable takes 100%
-        verdict = {**result.to_dict(), "seconds_to_decision": round(time.perf_counter() - started, 3)}
-    passed = verdict["outcome"] == canary.PROMOTE
-    mlflow.tag_version(name, version, {"canary": "passed" if passed else "rejected", "canary_reason": verdict["reason"]})
-    return verdict
-
-
-def guard_champion(spec: ModelSpec, mlflow: MLflowResource, serving: ModelServing, version: str, previous: str | None,
-                   rows: list[list[float]]) -> tuple[canary.Verdict, Endpoint]:
-    """Watch a freshly promoted champion; on an SLO breach give `champion` and all traffic back to the previous one."""
-    name = spec.registered_name
-    with serving.replay(name, rows, spec.canary.replay_rps):
-        verdict = canary.watch(lambda: serving.snapshot(name), spec.slo.thresholds())
-    if verdict.outcome == canary.ROLLBACK and previous is not None:
-        mlflow.demote(name, version, previous, reason=verdict.reason)
-        return verdict, serving.deploy(name, previous)
-    return verdict, serving.deploy(name, version)
 
 
 def asset_key(spec: ModelSpec, name: str) -> dg.AssetKey:
@@ -90,7 +59,7 @@ def build_model_assets(spec: ModelSpec, gpu_step_tags: dict | None = None, cpu_s
     train_tags = (gpu_step_tags or {}) if on_gpu else cpu_tags
     features = spec.dataset.features
     target = spec.dataset.target
-    key = lambda name: asset_key(spec, name)  # noqa: E731
+    key = lambda name: asset_key(spec, name)
 
     @dg.asset(
         key=key("landing_batches"),
@@ -99,17 +68,18 @@ def build_model_assets(spec: ModelSpec, gpu_step_tags: dict | None = None, cpu_s
                                        description="Every landing batch matches the spec's schema; bad ones are quarantined.")],
         kinds={"pandas"},
     )
-    def landing_batches(context: dg.AssetExecutionContext, landing: LandingStore):
+    def landing_batches(context: dg.AssetExecutionContext, landing: LandingResource):
         """Raw batches read from the landing location; bad batches are moved to quarantine."""
+        store = landing.get_store()
         frames, accepted, quarantined = [], [], {}
-        for name in landing.list_batches(spec.name):
-            frame, report = data.validate_batch(name, landing.read(spec.name, name), spec.dataset)
+        for name in store.list_batches(spec.name):
+            frame, report = data.validate_batch(name, store.read(spec.name, name), spec.dataset)
             if report.ok:
                 frames.append(frame)
                 accepted.append(name)
             else:
                 reason = "; ".join(report.problems)
-                quarantined[name] = {"reason": reason, "moved_to": landing.quarantine(spec.name, name, reason)}
+                quarantined[name] = {"reason": reason, "moved_to": store.quarantine(spec.name, name, reason)}
                 context.log.warning(f"quarantined batch {name}: {reason}")
         combined = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=spec.dataset.columns)
         yield dg.Output(combined, metadata={
@@ -146,7 +116,7 @@ def build_model_assets(spec: ModelSpec, gpu_step_tags: dict | None = None, cpu_s
 
     @dg.asset(key=key("trained_model"), group_name=group, ins={"dataset": dg.AssetIn(key("training_dataset"))},
               kinds={spec.estimator.framework, "mlflow"}, op_tags=train_tags, pool=GPU_POOL if on_gpu else None)
-    def trained_model(context: dg.AssetExecutionContext, dataset: TrainingDataset, mlflow: MLflowResource) -> dg.Output[dict]:
+    def trained_model(context: dg.AssetExecutionContext, dataset: TrainingDataset, mlflow: MLflowResource) -> dg.Output[TrainedModel]:
         """The spec's estimator fitted on the training rows and logged to MLflow with its holdout metrics."""
         started = time.perf_counter()
         model = training.train(spec, dataset.train)
@@ -155,7 +125,7 @@ def build_model_assets(spec: ModelSpec, gpu_step_tags: dict | None = None, cpu_s
         y_holdout = dataset.holdout[target].to_numpy()
         metrics = evaluation.evaluate(model, x_holdout, y_holdout, spec.metrics)
         png = evaluation.confusion_matrix_png(model, x_holdout, y_holdout, f"{spec.name} holdout")
-        run = mlflow.log_training(
+        run = mlflow.get_registry().log_training(
             spec, model, dataset.train,
             params=training.hyperparameters(spec),
             metrics=metrics,
@@ -163,8 +133,7 @@ def build_model_assets(spec: ModelSpec, gpu_step_tags: dict | None = None, cpu_s
             images={"confusion_matrix.png": png},
             documents={"reference_statistics.json": dataset.reference},
         )
-        result = {"run_id": run.run_id, "model_uri": run.model_uri, "experiment_id": run.experiment_id, "metrics": metrics}
-        return dg.Output(result, metadata={
+        return dg.Output(TrainedModel(run=run, metrics=metrics), metadata={
             "mlflow_run_id": run.run_id,
             "mlflow_run": dg.MetadataValue.url(run.url),
             "train_seconds": round(train_seconds, 3),
@@ -173,14 +142,14 @@ def build_model_assets(spec: ModelSpec, gpu_step_tags: dict | None = None, cpu_s
         })
 
     @dg.asset(key=key("challenger"), group_name=group, op_tags=cpu_tags, ins={"trained": dg.AssetIn(key("trained_model"))}, kinds={"mlflow"})
-    def challenger(context: dg.AssetExecutionContext, trained: dict, mlflow: MLflowResource) -> dg.Output[dict]:
+    def challenger(context: dg.AssetExecutionContext, trained: TrainedModel, mlflow: MLflowResource) -> dg.Output[RegisteredVersion]:
         """A new registered MLflow version of the trained model, aliased `challenger`."""
-        run = LoggedRun(trained["run_id"], trained["experiment_id"], trained["model_uri"], "")
-        version = mlflow.register(spec, run, tags={"dagster_run_id": context.run.run_id})
-        return dg.Output({"version": version, **trained}, metadata={
+        registry = mlflow.get_registry()
+        version = registry.register(spec, trained.run, tags={"dagster_run_id": context.run.run_id})
+        return dg.Output(RegisteredVersion(version=version, trained=trained), metadata={
             "model_version": version,
-            "mlflow_run_id": trained["run_id"],
-            "registered_model": dg.MetadataValue.url(f"{mlflow.ui_url.rstrip('/')}/#/models/{spec.registered_name}/versions/{version}"),
+            "mlflow_run_id": trained.run.run_id,
+            "registered_model": dg.MetadataValue.url(registry.version_url(spec.registered_name, version)),
         })
 
     @dg.asset(
@@ -192,30 +161,25 @@ def build_model_assets(spec: ModelSpec, gpu_step_tags: dict | None = None, cpu_s
                                                    f"{spec.gate.max_regression} against the champion.")],
         kinds={"mlflow"},
     )
-    def evaluation_asset(dataset: TrainingDataset, candidate: dict, mlflow: MLflowResource):
+    def evaluation_asset(dataset: TrainingDataset, candidate: RegisteredVersion, mlflow: MLflowResource):
         """Challenger and current champion scored on the same holdout; the quality gate decides."""
+        registry = mlflow.get_registry()
         x_holdout = training.feature_matrix(dataset.holdout, features)
         y_holdout = dataset.holdout[target].to_numpy()
         name = spec.registered_name
-        challenger_metrics = evaluation.evaluate(mlflow.load(name, candidate["version"]), x_holdout, y_holdout, spec.metrics)
-        champion_version = mlflow.version_for(name, CHAMPION)
+        challenger_metrics = evaluation.evaluate(registry.load(name, candidate.version), x_holdout, y_holdout, spec.metrics)
+        champion_version = registry.version_for(name, Alias.CHAMPION)
         champion_metrics = None
         if champion_version is not None:
-            champion_metrics = evaluation.evaluate(mlflow.load(name, champion_version), x_holdout, y_holdout, spec.metrics)
+            champion_metrics = evaluation.evaluate(registry.load(name, champion_version), x_holdout, y_holdout, spec.metrics)
         decision = evaluation.gate_decision(spec.gate, challenger_metrics, champion_metrics)
-        mlflow.tag_version(name, candidate["version"], {
+        registry.tag_version(name, candidate.version, {
             QUALITY_GATE: "passed" if decision.passed else "failed",
             f"{QUALITY_GATE}_reason": decision.reason,
         })
-        result = {
-            "challenger_version": candidate["version"],
-            "champion_version": champion_version,
-            "challenger_metrics": challenger_metrics,
-            "champion_metrics": champion_metrics,
-            "decision": decision.to_dict(),
-        }
-        yield dg.Output(result, metadata={
-            "challenger_version": candidate["version"],
+        report = GateReport(candidate.version, champion_version, challenger_metrics, champion_metrics, decision)
+        yield dg.Output(report, metadata={
+            "challenger_version": candidate.version,
             "champion_version": champion_version or "none",
             "challenger_metrics": dg.MetadataValue.json(challenger_metrics),
             "champion_metrics": dg.MetadataValue.json(champion_metrics or {}),
@@ -239,30 +203,29 @@ def build_model_assets(spec: ModelSpec, gpu_step_tags: dict | None = None, cpu_s
                                                    "without more errors or much higher latency than the champion.")],
         kinds={"kserve"},
     )
-    def canary_release(report: dict, dataset: TrainingDataset, mlflow: MLflowResource, serving: ModelServing):
+    def canary_release(report: GateReport, dataset: TrainingDataset, mlflow: MLflowResource, serving: ServingResource):
         """The challenger served beside the champion to a share of traffic; the analysis promotes or rolls it back."""
-        version, stable = report["challenger_version"], report["champion_version"]
-        verdict = release_canary(spec, mlflow, serving, stable, version, _replay_rows(dataset))
-        passed = verdict["outcome"] == canary.PROMOTE
-        yield dg.Output({"version": version, "stable": stable, "verdict": verdict}, metadata={
-            "outcome": verdict["outcome"],
-            "reason": verdict["reason"],
-            "canary_version": version,
-            "stable_version": stable or "none",
-            "verdict": dg.MetadataValue.json(verdict),
+        release = release_canary(spec, mlflow.get_registry(), serving.get_backend(), report.champion_version,
+                                 report.challenger_version, _replay_rows(dataset))
+        verdict = release.verdict
+        yield dg.Output(release, metadata={
+            "outcome": str(verdict.outcome),
+            "reason": verdict.reason,
+            "canary_version": release.version,
+            "stable_version": release.stable or "none",
+            "verdict": dg.MetadataValue.json(release.to_dict()),
         })
-        yield dg.AssetCheckResult(check_name=CANARY_ANALYSIS, passed=passed, severity=dg.AssetCheckSeverity.ERROR,
-                                  description=verdict["reason"])
+        yield dg.AssetCheckResult(check_name=CANARY_ANALYSIS, passed=release.passed, severity=dg.AssetCheckSeverity.ERROR,
+                                  description=verdict.reason)
 
     @dg.asset(key=key("champion"), group_name=group, op_tags=cpu_tags, ins={"release": dg.AssetIn(key("canary"))},
               kinds={"mlflow", "kserve"})
-    def champion(release: dict, mlflow: MLflowResource, serving: ModelServing) -> dg.Output[dict]:
+    def champion(release: CanaryRelease, mlflow: MLflowResource, serving: ServingResource) -> dg.Output[ChampionChange]:
         """The registered version aliased `champion`, serving 100% of traffic; moves only after gate and canary passed."""
-        version = release["version"]
-        previous = mlflow.promote(spec.registered_name, version)
-        served = serving.deploy(spec.registered_name, version)
-        return dg.Output({"version": version, "previous": previous, "url": served.base_url},
-                         metadata={"model_version": version, "previous_champion": previous or "none"})
+        previous = mlflow.get_registry().promote(spec.registered_name, release.version)
+        serving.get_backend().deploy(spec.registered_name, release.version)
+        return dg.Output(ChampionChange(release.version, previous),
+                         metadata={"model_version": release.version, "previous_champion": previous or "none"})
 
     @dg.asset(
         key=key("endpoint"),
@@ -273,30 +236,26 @@ def build_model_assets(spec: ModelSpec, gpu_step_tags: dict | None = None, cpu_s
                                                    f"{spec.slo.max_error_rate:.1%} through its watch window.")],
         kinds={"kserve"},
     )
-    def endpoint(current: dict, dataset: TrainingDataset, mlflow: MLflowResource, serving: ModelServing):
+    def endpoint(current: ChampionChange, dataset: TrainingDataset, mlflow: MLflowResource, serving: ServingResource):
         """The champion's live endpoint, watched after promotion; an SLO breach rolls back to the previous champion."""
         import requests
 
-        version, previous = current["version"], current["previous"]
-        verdict, served = guard_champion(spec, mlflow, serving, version, previous, _replay_rows(dataset))
-        rolled_back = served.version != version
+        verdict, served = guard_champion(spec, mlflow.get_registry(), serving.get_backend(), current.version,
+                                         current.previous, _replay_rows(dataset))
+        state = EndpointState(served.name, served.version, served.base_url, rolled_back=served.version != current.version)
         sample = dataset.holdout[features].head(3).to_numpy(dtype=np.float64).tolist()
         response = requests.post(served.v1_predict_url, json={"instances": sample}, timeout=30)
         response.raise_for_status()
-        yield dg.Output(
-            {"url": served.base_url, "name": served.name, "version": served.version, "rolled_back": rolled_back},
-            metadata={
-                "model_version": served.version,
-                "rolled_back_from": version if rolled_back else "none",
-                "slo": dg.MetadataValue.json(verdict.to_dict()),
-                "v1_predict": dg.MetadataValue.url(served.v1_predict_url),
-                "v2_infer": dg.MetadataValue.url(served.v2_infer_url),
-                "smoke_predictions": dg.MetadataValue.json(response.json()["predictions"]),
-            },
-        )
-        yield dg.AssetCheckResult(check_name=SLO_GUARD, passed=verdict.outcome != canary.ROLLBACK,
-                                  severity=dg.AssetCheckSeverity.ERROR,
-                                  description=verdict.reason + (f"; rolled back to version {previous}" if rolled_back else ""))
+        yield dg.Output(state, metadata={
+            "model_version": state.version,
+            "rolled_back_from": current.version if state.rolled_back else "none",
+            "slo": dg.MetadataValue.json(verdict.to_dict()),
+            "v1_predict": dg.MetadataValue.url(served.v1_predict_url),
+            "v2_infer": dg.MetadataValue.url(served.v2_infer_url),
+            "smoke_predictions": dg.MetadataValue.json(response.json()["predictions"]),
+        })
+        rollback_note = f"; rolled back to version {current.previous}" if state.rolled_back else ""
+        yield dg.AssetCheckResult(check_name=SLO_GUARD, passed=verdict.outcome != Outcome.ROLLBACK,
+                                  severity=dg.AssetCheckSeverity.ERROR, description=verdict.reason + rollback_note)
 
     return [landing_batches, training_dataset, trained_model, challenger, evaluation_asset, canary_release, champion, endpoint]
-

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import dagster as dg
 
-from mlops_platform.defs.resources import (
-    ADLS2LandingStore,
-    GCSLandingStore,
-    LocalLandingStore,
-    LocalModelServer,
-    MLflowResource,
-    S3LandingStore,
-)
+from mlops_platform.defs.resources import KServeServingResource, LandingResource, LocalServingResource, MLflowResource
 
 PROFILE_ENV = "MLOPS_PROFILE"
 HOME_ENV = "MLOPS_HOME"
@@ -79,8 +73,8 @@ def _local() -> Profile:
     return Profile(
         resources={
             "mlflow": mlflow,
-            "landing": LocalLandingStore(landing_dir=str(home / "landing"), quarantine_dir=str(home / "quarantine")),
-            "serving": LocalModelServer(
+            "landing": LandingResource(landing_uri=str(home / "landing"), quarantine_uri=str(home / "quarantine")),
+            "serving": LocalServingResource(
                 mlflow=mlflow,
                 host="127.0.0.1",
                 port=int(os.environ.get("MLOPS_SERVING_PORT", "8080")),
@@ -92,18 +86,33 @@ def _local() -> Profile:
     )
 
 
-def _cloud(cloud: str, landing_store: Callable[..., Any], storage: dg.ConfigurableResource, io_manager: dg.ConfigurableIOManager) -> Profile:
-    """What every cloud shares: MLflow's tracking server, KServe in the cluster, Kubernetes steps; the storage differs."""
-    from dagster_k8s import k8s_job_executor
+# The environment each cloud profile reads, set in the Dagster run environment by infra_cdktf (`io_env` there).
+CLOUD_ENV = ("MLFLOW_TRACKING_URI", "MLOPS_MLFLOW_UI_URL", "MLOPS_LANDING_URI", "MLOPS_QUARANTINE_URI",
+             "MLOPS_KSERVE_NAMESPACE", "MLOPS_SERVING_IMAGE", "MLOPS_KSERVE_SERVICE_ACCOUNT", "MLOPS_SERVING_BASE_URL",
+             "MLOPS_PROMETHEUS_URL")
+STORAGE_ENV = {
+    "aws": ("AWS_REGION", "MLOPS_BUCKET"),
+    "azure": ("MLOPS_STORAGE_ACCOUNT", "MLOPS_CONTAINER"),
+    "gcp": ("MLOPS_GCP_PROJECT", "MLOPS_BUCKET"),
+}
 
-    from mlops_platform.defs.kserve_cluster import KServeClusterServing
+
+def profile_env(cloud: str) -> tuple[str, ...]:
+    """Every variable the cloud profile reads with `dg.EnvVar`."""
+    return (*CLOUD_ENV, *STORAGE_ENV[cloud])
+
+
+def _cloud(cloud: str, io_manager: dg.ConfigurableIOManager) -> Profile:
+    """What every cloud shares: MLflow's tracking server, KServe in the cluster, Kubernetes steps, and the landing
+    store on the cloud's object storage (its URI says which); only the IO manager's storage differs."""
+    from dagster_k8s import k8s_job_executor
 
     return Profile(
         resources={
             "mlflow": MLflowResource(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"), ui_url=dg.EnvVar("MLOPS_MLFLOW_UI_URL")),
-            "landing": landing_store(storage, landing_uri=dg.EnvVar("MLOPS_LANDING_URI"),
-                                     quarantine_uri=dg.EnvVar("MLOPS_QUARANTINE_URI")),
-            "serving": KServeClusterServing(
+            "landing": LandingResource(landing_uri=dg.EnvVar("MLOPS_LANDING_URI"),
+                                       quarantine_uri=dg.EnvVar("MLOPS_QUARANTINE_URI")),
+            "serving": KServeServingResource(
                 namespace=dg.EnvVar("MLOPS_KSERVE_NAMESPACE"),
                 image=dg.EnvVar("MLOPS_SERVING_IMAGE"),
                 tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"),
@@ -124,8 +133,7 @@ def _aws() -> Profile:
     from dagster_aws.s3 import S3PickleIOManager, S3Resource
 
     s3 = S3Resource(region_name=dg.EnvVar("AWS_REGION"))
-    io = S3PickleIOManager(s3_resource=s3, s3_bucket=dg.EnvVar("MLOPS_BUCKET"), s3_prefix="dagster-io")
-    return _cloud("aws", lambda r, **uris: S3LandingStore(s3=r, **uris), s3, io)
+    return _cloud("aws", S3PickleIOManager(s3_resource=s3, s3_bucket=dg.EnvVar("MLOPS_BUCKET"), s3_prefix="dagster-io"))
 
 
 def _azure() -> Profile:
@@ -134,15 +142,15 @@ def _azure() -> Profile:
     adls2 = ADLS2Resource(storage_account=dg.EnvVar("MLOPS_STORAGE_ACCOUNT"),
                           credential=ADLS2DefaultAzureCredential(kwargs={}))  # workload identity, no static keys
     io = ADLS2PickleIOManager(adls2=adls2, adls2_file_system=dg.EnvVar("MLOPS_CONTAINER"), adls2_prefix="dagster-io")
-    return _cloud("azure", lambda r, **uris: ADLS2LandingStore(adls2=r, **uris), adls2, io)
+    # adlfs reads the account from the abfss:// URI and, with no key given, uses DefaultAzureCredential.
+    return _cloud("azure", io)
 
 
 def _gcp() -> Profile:
     from dagster_gcp import GCSPickleIOManager, GCSResource
 
     gcs = GCSResource(project=dg.EnvVar("MLOPS_GCP_PROJECT"))
-    io = GCSPickleIOManager(gcs=gcs, gcs_bucket=dg.EnvVar("MLOPS_BUCKET"), gcs_prefix="dagster-io")
-    return _cloud("gcp", lambda r, **uris: GCSLandingStore(gcs=r, **uris), gcs, io)
+    return _cloud("gcp", GCSPickleIOManager(gcs=gcs, gcs_bucket=dg.EnvVar("MLOPS_BUCKET"), gcs_prefix="dagster-io"))
 
 
 PROFILES: dict[str, Callable[[], Profile]] = {"local": _local, "aws": _aws, "azure": _azure, "gcp": _gcp}

@@ -1,47 +1,47 @@
-"""`python -m mlops_platform.serving`: run the model server in the foreground."""
+"""`python -m mlops_platform.serving`: run the model server in the foreground.
+
+The command line extends kserve's own argument parser, as kserve's model servers do, so kserve's flags
+(`--http_port`, `--timeout_keep_alive`, …) keep their meaning, and the platform adds its own.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
+
+from kserve import model_server
+
+from mlops_platform.core.canary import Revision
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mlops_platform.serving", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m mlops_platform.serving", description=__doc__,
+                                     parents=[model_server.parser])
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--port", type=int, default=None, help="the HTTP port (kserve's --http_port)")
     parser.add_argument("--tracking-uri", required=True)
     parser.add_argument("--registry-uri", default=None)
     parser.add_argument("--max-body-bytes", type=int, default=None)
     parser.add_argument("--routing-file", default=None, help="where the stable/canary routing is persisted")
     parser.add_argument("--model", action="append", default=[], metavar="NAME=VERSION",
                         help="serve this registered version (in a cluster, one predictor pod per revision)")
-    parser.add_argument("--revision", default="stable", choices=["stable", "canary"],
+    parser.add_argument("--revision", default=Revision.STABLE, choices=list(Revision), type=Revision,
                         help="the revision label this server's requests carry in its metrics")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    # kserve parses sys.argv when it is imported; it must not see our flags.
-    sys.argv = sys.argv[:1]
-
-    from kserve.model_server import app
-
-    from mlops_platform.serving.runtime import (
-        DEFAULT_MAX_BODY_BYTES,
-        EndpointRepository,
-        LoopbackModelServer,
-        install_request_guards,
-        install_routing_api,
-    )
-    from mlops_platform.serving.routing import Routing
 
     import warnings
 
     import mlflow
     import sklearn
+
+    from mlops_platform.serving.api import DEFAULT_MAX_BODY_BYTES, install_request_guards, install_routing_api
+    from mlops_platform.serving.repository import EndpointRepository
+    from mlops_platform.serving.routing import Routing
+    from mlops_platform.serving.server import PlatformModelServer
 
     # kserve answers with FastAPI's deprecated ORJSONResponse; the warning would be printed for every request.
     warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> None:
             repository.apply(name, Routing(stable=version))
     else:
         repository.restore()
-    install_request_guards(app, args.max_body_bytes or DEFAULT_MAX_BODY_BYTES)
-    install_routing_api(app, repository)
+    install_request_guards(model_server.app, args.max_body_bytes or DEFAULT_MAX_BODY_BYTES)
+    install_routing_api(model_server.app, repository)
     try:
         import uvloop
 
@@ -69,8 +69,9 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.set_event_loop(asyncio.new_event_loop())  # kserve asks for the current loop before it runs one
     except ImportError:
         pass
-    server = LoopbackModelServer(args.host, repository, http_port=args.port, enable_latency_logging=False)
-    server.start(list(repository.get_models().values()))
+    server = PlatformModelServer(args.host, repository, http_port=args.port or args.http_port,
+                                 enable_latency_logging=False, timeout_keep_alive=args.timeout_keep_alive)
+    server.start()
 
 
 if __name__ == "__main__":

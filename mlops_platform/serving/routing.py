@@ -8,9 +8,6 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-STABLE = "stable"
-CANARY = "canary"
-
 
 @dataclass(frozen=True)
 class Routing:

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.support import REPO
 
 INFRA = REPO / "infra_cdktf"
 CLI = INFRA / "node_modules" / ".bin" / "cdktf"

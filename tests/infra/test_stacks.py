@@ -8,18 +8,18 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.support import REPO
 
 sys.path.insert(0, str(REPO / "infra_cdktf"))
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 os.environ.setdefault("CHECKPOINT_DISABLE", "1")
 
-import cdktn  # noqa: E402  (not `from cdktn import Testing`: pytest would collect it as a test class)
+import cdktn
 
-from mlops_infra.charts import CHARTS  # noqa: E402
-from mlops_infra.config import ENVIRONMENTS, SERVICE_ACCOUNTS  # noqa: E402
-from mlops_infra.outputs import CONTRACT  # noqa: E402
-from mlops_infra.stacks import build  # noqa: E402
+from mlops_infra.charts import CHARTS
+from mlops_infra.config import ENVIRONMENTS, SERVICE_ACCOUNTS
+from mlops_infra.outputs import CONTRACT
+from mlops_infra.stacks import build
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +195,16 @@ def test_checkov_skip_list_gives_every_skip_a_reason():
     assert skips and all(len(entry["reason"]) > 20 for entry in skips.values())
     stacks = set(ENVIRONMENTS)
     assert all(set(entry.get("stacks", [])) <= stacks for entry in skips.values())
+
+
+def test_dagster_run_environment_sets_only_variables_the_profile_reads(synthesized):
+    """The variable names live in `defs/profiles.py`; the infrastructure may not set one the profile does not read
+    (a rename on one side would show here)."""
+    from mlops_platform.defs.profiles import PROFILE_ENV, profile_env
+
+    for stack_id, doc in synthesized.items():
+        cloud = stack_id.split("-")[0]
+        values = json.loads(releases(doc)["dagster"]["values"][0])
+        run_env = dict(v.split("=", 1) for v in values["runLauncher"]["config"]["k8sRunLauncher"]["envVars"])
+        assert run_env[PROFILE_ENV] == cloud
+        assert set(run_env) - {PROFILE_ENV} <= set(profile_env(cloud)), stack_id

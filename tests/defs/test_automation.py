@@ -10,8 +10,8 @@ import dagster as dg
 from mlops_platform.core import data
 from mlops_platform.defs.automation import build_new_batch_sensor, build_retrain_schedule
 from mlops_platform.defs.model_assets import job_name
-from mlops_platform.defs.resources import LocalLandingStore
-from tests.platform_helpers import breast_cancer
+from mlops_platform.defs.resources import LandingResource
+from tests.support import breast_cancer
 
 SPEC = breast_cancer()
 JOB = dg.define_asset_job(job_name(SPEC), selection=dg.AssetSelection.groups(SPEC.name))
@@ -23,14 +23,14 @@ def evaluate(sensor, landing, cursor):
 
 
 def test_sensor_requests_a_run_only_when_a_batch_lands_or_changes(tmp_path):
-    landing = LocalLandingStore(landing_dir=str(tmp_path / "landing"), quarantine_dir=str(tmp_path / "quarantine"))
+    landing = LandingResource(landing_uri=str(tmp_path / "landing"), quarantine_uri=str(tmp_path / "quarantine"))
     sensor = build_new_batch_sensor(SPEC, JOB)
     batch = data.encode_batch(data.bundled_batches(SPEC.dataset, 3)[0])
 
     result, cursor = evaluate(sensor, landing, None)
     assert isinstance(result, dg.SkipReason)
 
-    landing.write(SPEC.name, "a.csv", batch)
+    landing.get_store().write(SPEC.name, "a.csv", batch)
     result, cursor = evaluate(sensor, landing, cursor)
     assert isinstance(result, dg.RunRequest) and result.tags["batches"] == "a.csv"
     first_key = result.run_key
@@ -38,7 +38,7 @@ def test_sensor_requests_a_run_only_when_a_batch_lands_or_changes(tmp_path):
     result, cursor = evaluate(sensor, landing, cursor)
     assert isinstance(result, dg.SkipReason), "the same batch must not retrain twice"
 
-    landing.write(SPEC.name, "b.csv", batch)
+    landing.get_store().write(SPEC.name, "b.csv", batch)
     path = tmp_path / "landing" / SPEC.name / "a.csv"
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # a.csv rewritten too
     result, cursor = evaluate(sensor, landing, cursor)
@@ -47,7 +47,7 @@ def test_sensor_requests_a_run_only_when_a_batch_lands_or_changes(tmp_path):
 
 
 def test_sensor_ignores_partial_uploads(tmp_path):
-    landing = LocalLandingStore(landing_dir=str(tmp_path / "landing"), quarantine_dir=str(tmp_path / "quarantine"))
+    landing = LandingResource(landing_uri=str(tmp_path / "landing"), quarantine_uri=str(tmp_path / "quarantine"))
     (tmp_path / "landing" / SPEC.name).mkdir(parents=True)
     (tmp_path / "landing" / SPEC.name / ".c.csv.partial").write_bytes(b"half")
     result, _ = evaluate(build_new_batch_sensor(SPEC, JOB), landing, None)
@@ -58,7 +58,7 @@ def test_nightly_schedule_runs_the_model_job():
     schedule = build_retrain_schedule(SPEC, JOB)
     assert schedule.cron_schedule == SPEC.automation.retrain_cron
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
-    when = dt.datetime(2026, 11, 27, 2, 0, tzinfo=dt.timezone.utc)
+    when = dt.datetime(2026, 11, 27, 2, 0, tzinfo=dt.UTC)
     [request] = schedule.evaluate_tick(dg.build_schedule_context(scheduled_execution_time=when)).run_requests
     assert request.job_name in (None, job_name(SPEC))
 

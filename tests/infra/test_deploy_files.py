@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.support import REPO
 
 HADOLINT = Path(sys.executable).parent / "hadolint"
 
@@ -22,12 +22,13 @@ def test_dockerfiles_lint_clean(dockerfile):
 
 
 def test_serving_image_entrypoint_is_the_runtime_the_cluster_backend_configures():
-    from mlops_platform.defs.kserve_cluster import RUNTIME_PORT, predictor_spec
+    from mlops_platform.core.canary import Revision
+    from mlops_platform.integrations.serving.kserve import RUNTIME_PORT, predictor_spec
 
     dockerfile = (REPO / "deploy" / "Dockerfile.serving").read_text()
     assert 'ENTRYPOINT ["python", "-m", "mlops_platform.serving"]' in dockerfile
     assert f"EXPOSE {RUNTIME_PORT}" in dockerfile
-    args = predictor_spec("m", "1", "stable", image="i", tracking_uri="t", service_account=None).containers[0].args
+    args = predictor_spec("m", "1", Revision.STABLE, image="i", tracking_uri="t", service_account=None).containers[0].args
     from mlops_platform.serving.__main__ import build_parser
 
     parsed = build_parser().parse_args(args)

@@ -1,4 +1,4 @@
-"""Canary analysis in the pure core: Prometheus parsing, quantiles, and the promote / roll back / wait decisions."""
+"""Canary analysis in the pure core: quantiles, windows, and the promote / roll back / wait decisions."""
 
 from __future__ import annotations
 
@@ -7,27 +7,7 @@ import math
 import pytest
 
 from mlops_platform.core import canary
-from mlops_platform.core.canary import CanaryThresholds, Snapshot, SloThresholds
-
-EXPOSITION = """
-# TYPE mlops_inference_requests_total counter
-mlops_inference_requests_total{code="200",model="m",revision="stable",version="3"} 90.0
-mlops_inference_requests_total{code="500",model="m",revision="canary",version="4"} 4.0
-mlops_inference_requests_total{code="200",model="m",revision="canary",version="4"} 6.0
-mlops_inference_requests_total{code="200",model="other",revision="stable",version="1"} 7.0
-# TYPE mlops_inference_request_duration_seconds histogram
-mlops_inference_request_duration_seconds_bucket{le="0.001",model="m",revision="stable"} 50.0
-mlops_inference_request_duration_seconds_bucket{le="0.01",model="m",revision="stable"} 90.0
-mlops_inference_request_duration_seconds_bucket{le="+Inf",model="m",revision="stable"} 90.0
-mlops_inference_request_duration_seconds_count{model="m",revision="stable"} 90.0
-"""
-
-
-def test_parse_prometheus_keeps_one_model():
-    snap = canary.parse_prometheus(EXPOSITION, "m")
-    assert snap.requests == {("stable", "200"): 90.0, ("canary", "500"): 4.0, ("canary", "200"): 6.0}
-    assert snap.versions == {"stable": "3", "canary": "4"}
-    assert snap.buckets["stable"] == {0.001: 50.0, 0.01: 90.0, math.inf: 90.0}
+from mlops_platform.core.canary import CanaryThresholds, Outcome, Revision, SloThresholds, Snapshot
 
 
 def test_histogram_quantile_interpolates_like_prometheus():
@@ -39,11 +19,11 @@ def test_histogram_quantile_interpolates_like_prometheus():
 
 
 def test_window_counts_only_what_happened_between_snapshots():
-    before = canary.parse_prometheus(EXPOSITION, "m")
-    after = canary.parse_prometheus(EXPOSITION.replace("} 4.0", "} 9.0").replace("} 6.0", "} 16.0"), "m")
-    w = canary.window(before, after, "canary")
+    before = Snapshot(requests={("stable", "200"): 90.0, ("canary", "500"): 4.0, ("canary", "200"): 6.0})
+    after = Snapshot(requests={("stable", "200"): 90.0, ("canary", "500"): 9.0, ("canary", "200"): 16.0})
+    w = canary.window(before, after, Revision.CANARY)
     assert (w.requests, w.errors) == (15, 5)
-    assert canary.window(before, after, "stable").requests == 0
+    assert canary.window(before, after, Revision.STABLE).requests == 0
 
 
 def rw(revision, requests, errors=0, p95=1.0):
@@ -53,22 +33,16 @@ def rw(revision, requests, errors=0, p95=1.0):
 T = CanaryThresholds(min_requests=50, max_error_rate=0.01, max_latency_ratio=2.0, min_latency_increase_ms=5.0)
 
 
-def test_compute_histograms_are_parsed_apart_from_end_to_end():
-    text = EXPOSITION + 'mlops_inference_compute_seconds_bucket{le="0.001",model="m",revision="stable"} 90.0\n'
-    snap = canary.parse_prometheus(text, "m")
-    assert snap.compute == {"stable": {0.001: 90.0}} and math.inf in snap.buckets["stable"]
-
-
 def test_errors_roll_back_early_without_waiting_for_the_window():
     verdict = canary.judge(rw("stable", 500), rw("canary", 25, errors=25), T, final=False)
-    assert verdict.outcome == canary.ROLLBACK and "error rate 100.0%" in verdict.reason
+    assert verdict.outcome == Outcome.ROLLBACK and "error rate 100.0%" in verdict.reason
 
 
 def test_latency_rolls_back_only_when_both_ratio_and_margin_are_exceeded():
     slow = canary.judge(rw("stable", 500, p95=2.0), rw("canary", 60, p95=25.0), T, final=False)
-    assert slow.outcome == canary.ROLLBACK and "p95 latency" in slow.reason and "end-to-end" in slow.reason
+    assert slow.outcome == Outcome.ROLLBACK and "p95 latency" in slow.reason and "end-to-end" in slow.reason
     # 3× slower but only 2 ms more: noise on a fast model, not a regression.
-    assert canary.judge(rw("stable", 500, p95=1.0), rw("canary", 60, p95=3.0), T, final=True).outcome == canary.PROMOTE
+    assert canary.judge(rw("stable", 500, p95=1.0), rw("canary", 60, p95=3.0), T, final=True).outcome == Outcome.PROMOTE
 
 
 def test_latency_compares_model_compute_when_both_revisions_report_it():
@@ -76,18 +50,18 @@ def test_latency_compares_model_compute_when_both_revisions_report_it():
     stable = canary.RevisionWindow("stable", 500, 0, 13.0, compute_p95_ms=0.3)
     slow = canary.RevisionWindow("canary", 60, 0, 21.0, compute_p95_ms=3.0)
     verdict = canary.judge(stable, slow, CanaryThresholds(min_requests=50, min_latency_increase_ms=1.0), final=False)
-    assert verdict.outcome == canary.ROLLBACK and "model compute" in verdict.reason
+    assert verdict.outcome == Outcome.ROLLBACK and "model compute" in verdict.reason
 
 
 def test_too_little_traffic_decides_nothing_until_the_limit_then_is_inconclusive():
     assert canary.judge(rw("stable", 500), rw("canary", 10), T, final=False) is None
     verdict = canary.judge(rw("stable", 500), rw("canary", 10), T, final=True)
-    assert verdict.outcome == canary.INCONCLUSIVE and "only 10 canary requests" in verdict.reason
+    assert verdict.outcome == Outcome.INCONCLUSIVE and "only 10 canary requests" in verdict.reason
 
 
 def test_a_healthy_canary_is_promoted_only_after_the_window():
     assert canary.judge(rw("stable", 500), rw("canary", 60), T, final=False) is None
-    assert canary.judge(rw("stable", 500), rw("canary", 60), T, final=True).outcome == canary.PROMOTE
+    assert canary.judge(rw("stable", 500), rw("canary", 60), T, final=True).outcome == Outcome.PROMOTE
 
 
 class FakeClock:
@@ -119,30 +93,30 @@ def test_analyze_polls_until_the_window_and_promotes():
     clock = FakeClock()
     t = CanaryThresholds(min_requests=20, window_seconds=2.0, max_window_seconds=10.0, poll_seconds=0.5)
     verdict = canary.analyze(_traffic(45, 5), t, clock=clock, sleep=clock.sleep)
-    assert verdict.outcome == canary.PROMOTE and verdict.elapsed_s == pytest.approx(2.0)
+    assert verdict.outcome == Outcome.PROMOTE and verdict.elapsed_s == pytest.approx(2.0)
 
 
 def test_analyze_rolls_back_a_failing_canary_at_the_first_sufficient_evidence():
     clock = FakeClock()
     t = CanaryThresholds(min_requests=50, window_seconds=5.0, max_window_seconds=30.0, poll_seconds=0.25)
     verdict = canary.analyze(_traffic(45, 5, canary_code="500"), t, clock=clock, sleep=clock.sleep)
-    assert verdict.outcome == canary.ROLLBACK and verdict.elapsed_s == pytest.approx(1.0)
+    assert verdict.outcome == Outcome.ROLLBACK and verdict.elapsed_s == pytest.approx(1.0)
 
 
 def test_analyze_without_traffic_is_inconclusive_at_the_limit():
     clock = FakeClock()
     t = CanaryThresholds(min_requests=20, window_seconds=1.0, max_window_seconds=3.0, poll_seconds=0.5)
     verdict = canary.analyze(_traffic(0, 0), t, clock=clock, sleep=clock.sleep)
-    assert verdict.outcome == canary.INCONCLUSIVE and verdict.elapsed_s == pytest.approx(3.0)
+    assert verdict.outcome == Outcome.INCONCLUSIVE and verdict.elapsed_s == pytest.approx(3.0)
 
 
 def test_watch_breaches_and_holds():
     clock = FakeClock()
     slo = SloThresholds(watch_seconds=2.0, min_requests=10, max_error_rate=0.01, max_p95_ms=250, poll_seconds=0.5)
     failing = canary.watch(lambda: _errors_only(clock), slo, clock=clock, sleep=clock.sleep)
-    assert failing.outcome == canary.ROLLBACK and "breaches the SLO" in failing.reason
+    assert failing.outcome == Outcome.ROLLBACK and "breaches the SLO" in failing.reason
     clock = FakeClock()
-    assert canary.watch(_traffic(20, 0), slo, clock=clock, sleep=clock.sleep).outcome == canary.PROMOTE
+    assert canary.watch(_traffic(20, 0), slo, clock=clock, sleep=clock.sleep).outcome == Outcome.PROMOTE
 
 
 def _errors_only(clock):

@@ -11,10 +11,12 @@ import jsonschema
 import kubernetes_validate
 import pytest
 
-from mlops_platform.core import canary
-from mlops_platform.defs.kserve_cluster import SERVERLESS, STANDARD, KServeClusterServing
-from tests.conftest import REPO
-from tests.fake_servers import FakeKubernetes, FakePrometheus
+from mlops_platform.core.canary import Outcome
+from mlops_platform.integrations.serving.kserve import DeploymentMode, KServeServing
+from tests.integrations.fake_servers import FakeKubernetes, FakePrometheus
+from tests.support import REPO
+
+STANDARD, SERVERLESS = DeploymentMode.STANDARD, DeploymentMode.SERVERLESS
 
 SCHEMA = json.loads((REPO / "deploy" / "kserve" / "inferenceservice.schema.json").read_text())
 NAME, NS = "breast-cancer", "models"
@@ -42,11 +44,11 @@ def revision_of(predictor: dict) -> str:
 @pytest.fixture
 def cluster(tmp_path):
     with FakeKubernetes() as api:
-        def serving(mode: str, prometheus: str = "http://prometheus.invalid") -> KServeClusterServing:
-            return KServeClusterServing(namespace=NS, image="registry.example.com/mlops-runtime:1.0",
-                                        tracking_uri="http://mlflow.mlops:5000", service_account="kserve-models",
-                                        deployment_mode=mode, kubeconfig=api.kubeconfig(tmp_path / "kubeconfig.json"),
-                                        ready_poll_s=0.05, prometheus_url=prometheus)
+        def serving(mode: DeploymentMode, prometheus: str = "http://prometheus.invalid") -> KServeServing:
+            return KServeServing(NS, "registry.example.com/mlops-runtime:1.0", "http://mlflow.mlops:5000",
+                                 service_account="kserve-models", deployment_mode=mode,
+                                 kubeconfig=api.kubeconfig(tmp_path / "kubeconfig.json"), ready_poll_s=0.05,
+                                 prometheus_url=prometheus)
         yield api, serving
 
 
@@ -139,10 +141,8 @@ def test_snapshot_from_prometheus_matches_the_local_shape(cluster):
 
 def test_release_canary_on_the_cluster_backend_rolls_back_a_failing_canary(cluster, platform_home):
     """The deploy path the asset runs, with the cluster backend: metrics from Prometheus, rollback by patch."""
-    from mlops_platform.defs.model_assets import release_canary
-    from mlops_platform.defs.profiles import load_profile
-    from tests.platform_helpers import breast_cancer, fast
-    from tests.test_canary_release import register_broken_version
+    from mlops_platform.defs.release import release_canary
+    from tests.support import breast_cancer, fast, register_broken_version, registry
 
     api, make = cluster
     ticks = {"n": 0}
@@ -155,13 +155,13 @@ def test_release_canary_on_the_cluster_backend_rolls_back_a_failing_canary(clust
                             ({"revision": "canary", "version": "4", "code": "500"}, 10 * n)])
         return []
 
-    mlflow = load_profile().resources["mlflow"]
-    broken = register_broken_version()
+    mlflow = registry()
+    broken = register_broken_version(breast_cancer())
     with FakePrometheus(respond) as prom:
         serving = make(STANDARD, prom.url)
         serving.deploy(NAME, "3")  # the stable version as the cluster serves it; only the canary is tagged in MLflow
-        verdict = release_canary(fast(breast_cancer()), mlflow, serving, "3", broken, rows=[[0.0] * 30])
-    assert verdict["outcome"] == canary.ROLLBACK and "error rate 100.0%" in verdict["reason"]
+        release = release_canary(fast(breast_cancer()), mlflow, serving, "3", broken, rows=[[0.0] * 30])
+    assert release.verdict.outcome == Outcome.ROLLBACK and "error rate 100.0%" in release.verdict.reason
     patches = [r for r in api.requests if r["method"] == "PATCH"]
     assert len(patches) == 2  # canary in, canary out
     assert stored(api)["spec"]["canary"] == [] and version_of(stored(api)["spec"]["predictor"]) == "3"

@@ -9,10 +9,12 @@ import time
 import pytest
 import requests
 
-from mlops_platform.core import canary, data
+from mlops_platform.core import data
+from mlops_platform.core.canary import Outcome, Revision, window
 from mlops_platform.core.spec import EstimatorSpec, GateSpec, StepSpec
-from mlops_platform.defs.model_assets import release_canary
-from tests.platform_helpers import breast_cancer, check_results, fast, materialized, resources, run_job, seed
+from mlops_platform.defs.release import guard_champion, release_canary
+from tests import support
+from tests.support import breast_cancer, check_results, fast, materialized, registry, run_job, seed, serving
 
 SPEC = fast(breast_cancer())
 NAME = SPEC.registered_name
@@ -29,15 +31,15 @@ def champion(platform_home) -> str:
 
 
 def mlflow_client():
-    return resources()["mlflow"].client()
+    return registry().client()
 
 
 def current_champion() -> str:
-    return resources()["mlflow"].version_for(NAME, "champion")
+    return registry().version_for(NAME, "champion")
 
 
 def routing() -> dict:
-    return requests.get(f"{resources()['serving'].base_url}/mlops/v1/endpoints/{NAME}/routing", timeout=5).json()
+    return requests.get(f"{serving().base_url}/mlops/v1/endpoints/{NAME}/routing", timeout=5).json()
 
 
 def rows(n: int = 64) -> list[list[float]]:
@@ -46,38 +48,23 @@ def rows(n: int = 64) -> list[list[float]]:
 
 
 def register_broken_version() -> str:
-    """A version whose network was fitted on 29 features but whose signature promises 30: every request fails."""
-    import mlflow
-    from mlflow.models import infer_signature
-    from sklearn.linear_model import LogisticRegression
-
-    frame = data.bundled_batches(SPEC.dataset, 1)[0]
-    features = SPEC.dataset.features
-    model = LogisticRegression(max_iter=500).fit(frame[features[:-1]].to_numpy(), frame[SPEC.dataset.target])
-    mlflow.set_tracking_uri(resources()["mlflow"].tracking_uri)
-    with mlflow.start_run():
-        info = mlflow.sklearn.log_model(model, name="model", signature=infer_signature(frame[features], frame[SPEC.dataset.target]),
-                                        pip_requirements=["scikit-learn"])
-    return str(mlflow.register_model(info.model_uri, NAME).version)
+    return support.register_broken_version(SPEC)
 
 
 def register_copy_of_champion() -> str:
-    """Another registered version of the champion's own model: healthy, and not the champion."""
-    client = mlflow_client()
-    current = client.get_model_version_by_alias(NAME, "champion")
-    return str(client.create_model_version(NAME, source=current.source, run_id=current.run_id).version)
+    return support.register_copy_of_champion(SPEC)
 
 
 def test_healthy_challenger_is_promoted_through_the_canary(champion):
     result = run_job(SPEC)
     assert result.success
     release = materialized(result)["canary"]
-    assert release["outcome"] == canary.PROMOTE
+    assert release["outcome"] == Outcome.PROMOTE
     new = materialized(result)["champion"]["model_version"]
     assert current_champion() == new != champion
     assert routing() == {"stable": new, "canary": None, "canary_percent": 0}
     assert mlflow_client().get_model_version(NAME, new).tags["canary"] == "passed"
-    snapshot = resources()["serving"].snapshot(NAME)
+    snapshot = serving().snapshot(NAME)
     assert snapshot.requests[("canary", "200")] >= SPEC.canary.min_requests
 
 
@@ -100,9 +87,9 @@ def test_slow_challenger_is_rolled_back_on_latency(champion):
 def test_failing_challenger_is_rolled_back_on_errors_within_seconds(champion):
     stable = current_champion()
     broken = register_broken_version()
-    verdict = release_canary(SPEC, resources()["mlflow"], resources()["serving"], stable, broken, rows())
-    assert verdict["outcome"] == canary.ROLLBACK and "error rate" in verdict["reason"]
-    assert verdict["seconds_to_decision"] < 10
+    release = release_canary(SPEC, registry(), serving(), stable, broken, rows())
+    assert release.verdict.outcome == Outcome.ROLLBACK and "error rate" in release.verdict.reason
+    assert release.seconds_to_decision < 10
     assert routing() == {"stable": stable, "canary": None, "canary_percent": 0}
     assert mlflow_client().get_model_version(NAME, broken).tags["canary"] == "rejected"
     assert current_champion() == stable
@@ -111,42 +98,42 @@ def test_failing_challenger_is_rolled_back_on_errors_within_seconds(champion):
 def test_too_little_traffic_gives_no_decision_and_no_promotion(champion):
     stable = current_champion()
     starved = SPEC.model_copy(update={"canary": SPEC.canary.model_copy(update={"min_requests": 10_000, "max_window_seconds": 2.0})})
-    candidate = mlflow_client().get_model_version_by_alias(NAME, "challenger").version
-    verdict = release_canary(starved, resources()["mlflow"], resources()["serving"], stable, str(candidate), rows())
-    assert verdict["outcome"] == canary.INCONCLUSIVE and "fewer than the 10000 needed" in verdict["reason"]
+    candidate = register_copy_of_champion()  # healthy: only the lack of traffic may stop it
+    release = release_canary(starved, registry(), serving(), stable, candidate, rows())
+    assert release.verdict.outcome == Outcome.INCONCLUSIVE and "fewer than the 10000 needed" in release.verdict.reason
     assert routing()["canary"] is None and current_champion() == stable
 
 
 def test_split_survives_a_server_restart_and_is_exact(champion):
-    serving = resources()["serving"]
+    backend = serving()
     stable = current_champion()
     other = register_copy_of_champion()
-    serving.set_routing(NAME, stable, other, 25)
-    assert serving.stop()
-    serving.ensure_running()
+    backend.set_routing(NAME, stable, other, 25)
+    assert backend.stop()
+    backend.process.ensure_running()
     assert routing() == {"stable": stable, "canary": other, "canary_percent": 25}
-    before = serving.snapshot(NAME)
+    before = backend.snapshot(NAME)
     session = requests.Session()
     for row in rows(100):
-        assert session.post(f"{serving.base_url}/v1/models/{NAME}:predict", json={"instances": [row]}, timeout=10).ok
-    after = serving.snapshot(NAME)
-    assert canary.window(before, after, "canary").requests == 25
-    assert canary.window(before, after, "stable").requests == 75
-    serving.set_routing(NAME, stable)
+        assert session.post(f"{backend.base_url}/v1/models/{NAME}:predict", json={"instances": [row]}, timeout=10).ok
+    after = backend.snapshot(NAME)
+    assert window(before, after, Revision.CANARY).requests == 25
+    assert window(before, after, Revision.STABLE).requests == 75
+    backend.set_routing(NAME, stable)
 
 
 def test_split_changes_at_run_time_without_restart_or_dropped_requests(champion):
-    serving = resources()["serving"]
+    backend = serving()
     stable = current_champion()
     other = register_copy_of_champion()
-    pid = serving.running_pid()
+    pid = backend.process.running_pid()
     statuses, stop = [], threading.Event()
 
     def client():
         session = requests.Session()
         body = {"instances": rows(1)}
         while not stop.is_set():
-            statuses.append(session.post(f"{serving.base_url}/v1/models/{NAME}:predict", json=body, timeout=10).status_code)
+            statuses.append(session.post(f"{backend.base_url}/v1/models/{NAME}:predict", json=body, timeout=10).status_code)
 
     workers = [threading.Thread(target=client) for _ in range(4)]
     for w in workers:
@@ -155,7 +142,7 @@ def test_split_changes_at_run_time_without_restart_or_dropped_requests(champion)
         changes = []
         for percent in (10, 50, 0, 30, 0):
             started = time.perf_counter()
-            serving.set_routing(NAME, stable, other if percent else None, percent)
+            backend.set_routing(NAME, stable, other if percent else None, percent)
             changes.append(time.perf_counter() - started)
             time.sleep(0.3)
     finally:
@@ -164,22 +151,20 @@ def test_split_changes_at_run_time_without_restart_or_dropped_requests(champion)
             w.join()
     assert max(changes) < 1.0, changes
     assert len(statuses) > 100 and set(statuses) == {200}
-    assert serving.running_pid() == pid
+    assert backend.process.running_pid() == pid
 
 
 def test_guard_rolls_back_a_promoted_champion_that_breaches_its_slo(champion):
-    from mlops_platform.defs.model_assets import guard_champion
-
-    mlflow, serving = resources()["mlflow"], resources()["serving"]
+    mlflow, backend = registry(), serving()
     before = current_champion()
     broken = register_broken_version()
     # What the champion asset does after a passed canary: the alias moves and the version takes all traffic.
     assert mlflow.promote(NAME, broken) == before
-    serving.deploy(NAME, broken)
+    backend.deploy(NAME, broken)
 
-    verdict, served = guard_champion(SPEC, mlflow, serving, broken, before, rows())
+    verdict, served = guard_champion(SPEC, mlflow, backend, broken, before, rows())
 
-    assert verdict.outcome == canary.ROLLBACK and "breaches the SLO" in verdict.reason
+    assert verdict.outcome == Outcome.ROLLBACK and "breaches the SLO" in verdict.reason
     assert verdict.elapsed_s < SPEC.slo.watch_seconds + 1
     assert served.version == before and current_champion() == before
     assert routing() == {"stable": before, "canary": None, "canary_percent": 0}
@@ -189,12 +174,12 @@ def test_guard_rolls_back_a_promoted_champion_that_breaches_its_slo(champion):
 
 
 def test_kserve_repository_extension_reloads_the_current_champion(champion):
-    serving = resources()["serving"]
+    backend = serving()
     stable = current_champion()
-    serving.set_routing(NAME, register_broken_version())  # something other than the champion, as after a manual override
-    response = requests.post(f"{serving.base_url}/v2/repository/models/{NAME}/load", timeout=60)
+    backend.set_routing(NAME, register_broken_version())  # something other than the champion, as after a manual override
+    response = requests.post(f"{backend.base_url}/v2/repository/models/{NAME}/load", timeout=60)
     assert response.status_code == 200 and response.json() == {"name": NAME, "load": True}
     assert routing() == {"stable": stable, "canary": None, "canary_percent": 0}
-    missing = requests.post(f"{serving.base_url}/v2/repository/models/no-such-model/load", timeout=60)
+    missing = requests.post(f"{backend.base_url}/v2/repository/models/no-such-model/load", timeout=60)
     # KServe's repository extension answers a model it cannot load with 503 ModelNotReady, naming the model.
     assert missing.status_code == 503 and "no-such-model" in missing.json()["error"]

@@ -1,6 +1,6 @@
-"""Serving in a Kubernetes cluster: InferenceServices running the platform's own KServe runtime image.
+"""The cluster serving backend: InferenceServices running the platform's own KServe runtime image.
 
-The same `ModelServing` calls as the local server, mapped onto KServe 0.21:
+The same `ServingBackend` calls as the local server, mapped onto KServe 0.21:
   * Standard (RawDeployment) mode: the stable revision is `spec.predictor`, the canary is `spec.canary[0]` with its
     `trafficPercent` (routing needs the Gateway API). Promotion and rollback patch both.
   * Serverless mode: Knative revisions; the candidate becomes `spec.predictor` with `canaryTrafficPercent`, the
@@ -10,18 +10,24 @@ Revisions are judged from Prometheus, which scrapes the same request metrics the
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
-import requests
-
-from mlops_platform.core.canary import COMPUTE_METRIC, LATENCY_METRIC, REQUESTS_METRIC, Snapshot
-from mlops_platform.defs.resources import Endpoint, ModelServing
+from mlops_platform.core.canary import Revision
+from mlops_platform.integrations.metrics import PrometheusMetrics
+from mlops_platform.integrations.serving import Endpoint, ServingBackend, UnsupportedOperation
 
 RUNTIME_PORT = 8080
-STANDARD, SERVERLESS = "Standard", "Serverless"
 
 
-def predictor_spec(name: str, version: str, revision: str, *, image: str, tracking_uri: str,
+class DeploymentMode(StrEnum):
+    """KServe's `serving.kserve.io/deploymentMode`."""
+
+    STANDARD = "Standard"
+    SERVERLESS = "Serverless"
+
+
+def predictor_spec(name: str, version: str, revision: Revision, *, image: str, tracking_uri: str,
                    service_account: str | None, canary_traffic_percent: int | None = None) -> Any:
     """Our runtime as a custom predictor container, pinned to one registered version and labelled with its revision."""
     from kserve import V1beta1PredictorSpec
@@ -31,7 +37,7 @@ def predictor_spec(name: str, version: str, revision: str, *, image: str, tracki
         name="kserve-container",
         image=image,
         args=["--host", "0.0.0.0", "--port", str(RUNTIME_PORT), "--tracking-uri", tracking_uri,
-              "--model", f"{name}={version}", "--revision", revision],
+              "--model", f"{name}={version}", "--revision", str(revision)],
         env=[V1EnvVar(name="MLOPS_MODEL_VERSION", value=version)],
         ports=[V1ContainerPort(container_port=RUNTIME_PORT, protocol="TCP")],
         resources=V1ResourceRequirements(requests={"cpu": "500m", "memory": "1Gi"}, limits={"memory": "2Gi"}),
@@ -41,49 +47,57 @@ def predictor_spec(name: str, version: str, revision: str, *, image: str, tracki
 
 
 def inference_service(name: str, stable: str, canary: str | None, canary_percent: int, *, namespace: str, image: str,
-                      tracking_uri: str, service_account: str | None = None, mode: str = STANDARD,
-                      serverless_percent: int | None = None) -> Any:
+                      tracking_uri: str, service_account: str | None = None,
+                      mode: DeploymentMode = DeploymentMode.STANDARD, serverless_percent: int | None = None) -> Any:
     """The whole InferenceService for one endpoint and its routing."""
     from kserve import V1beta1CanarySpec, V1beta1InferenceService, V1beta1InferenceServiceSpec, constants
     from kubernetes.client import V1ObjectMeta
 
     common = {"image": image, "tracking_uri": tracking_uri, "service_account": service_account}
-    if mode == STANDARD:
+    if mode == DeploymentMode.STANDARD:
         spec = V1beta1InferenceServiceSpec(
-            predictor=predictor_spec(name, stable, "stable", **common),
+            predictor=predictor_spec(name, stable, Revision.STABLE, **common),
             # An empty list, not None: a merge patch must be able to remove a canary that is there.
-            canary=[V1beta1CanarySpec(predictor=predictor_spec(name, canary, "canary", **common),
+            canary=[V1beta1CanarySpec(predictor=predictor_spec(name, canary, Revision.CANARY, **common),
                                       traffic_percent=canary_percent)] if canary else [],
         )
     else:
         candidate = canary or stable
         spec = V1beta1InferenceServiceSpec(predictor=predictor_spec(
-            name, candidate, "canary" if canary else "stable", canary_traffic_percent=serverless_percent, **common))
+            name, candidate, Revision.CANARY if canary else Revision.STABLE, canary_traffic_percent=serverless_percent,
+            **common))
     return V1beta1InferenceService(
         api_version=constants.KSERVE_V1BETA1,
         kind=constants.KSERVE_KIND_INFERENCESERVICE,
         metadata=V1ObjectMeta(
             name=name, namespace=namespace,
-            annotations={"serving.kserve.io/deploymentMode": mode},
+            annotations={"serving.kserve.io/deploymentMode": str(mode)},
             labels={"app.kubernetes.io/part-of": "mlops-platform", "mlops.platform/model": name},
         ),
         spec=spec,
     )
 
 
-class KServeClusterServing(ModelServing):
+def _version_arg(predictor: dict, name: str) -> str | None:
+    container = (predictor.get("containers") or [{}])[0]
+    return next((a.split("=", 1)[1] for a in container.get("args", []) if a.startswith(f"{name}=")), None)
+
+
+class KServeServing(ServingBackend):
     """Creates and patches one InferenceService per model; reads revision metrics from Prometheus."""
 
-    namespace: str
-    image: str
-    tracking_uri: str
-    service_account: str | None = None
-    deployment_mode: str = STANDARD
-    prometheus_url: str = "http://kube-prometheus-stack-prometheus.monitoring:9090"
-    base_url: str | None = None
-    kubeconfig: str | None = None  # default: the pod's service account in a cluster, ~/.kube/config outside
-    ready_timeout_s: int = 600
-    ready_poll_s: float = 5.0
+    def __init__(self, namespace: str, image: str, tracking_uri: str, *, service_account: str | None = None,
+                 deployment_mode: DeploymentMode | str = DeploymentMode.STANDARD,
+                 prometheus_url: str = "http://kube-prometheus-stack-prometheus.monitoring:9090",
+                 base_url: str | None = None, kubeconfig: str | None = None, ready_timeout_s: int = 600,
+                 ready_poll_s: float = 5.0):
+        self.namespace, self.image, self.tracking_uri = namespace, image, tracking_uri
+        self.service_account = service_account
+        self.mode = DeploymentMode(deployment_mode)
+        self.base_url = base_url
+        self.kubeconfig = kubeconfig  # default: the pod's service account in a cluster, ~/.kube/config outside
+        self.ready_timeout_s, self.ready_poll_s = ready_timeout_s, ready_poll_s
+        self.metrics = PrometheusMetrics(prometheus_url, namespace)
 
     def client(self) -> Any:
         from kserve import KServeClient
@@ -104,30 +118,29 @@ class KServeClusterServing(ModelServing):
         client = self.client()
         isvc = inference_service(name, stable, canary, canary_percent, namespace=self.namespace, image=self.image,
                                  tracking_uri=self.tracking_uri, service_account=self.service_account,
-                                 mode=self.deployment_mode, serverless_percent=serverless_percent)
+                                 mode=self.mode, serverless_percent=serverless_percent)
         if self._current(client, name) is None:
             client.create(isvc, namespace=self.namespace)
         else:
             client.patch(name, isvc, namespace=self.namespace)
         client.wait_isvc_ready(name, namespace=self.namespace, timeout_seconds=self.ready_timeout_s,
-                              polling_interval=self.ready_poll_s)
+                               polling_interval=self.ready_poll_s)
         return client.get(name, namespace=self.namespace)
 
     def set_routing(self, name: str, stable: str, canary: str | None = None, canary_percent: int = 0) -> None:
-        if self.deployment_mode == STANDARD:
+        if self.mode == DeploymentMode.STANDARD:
             self._apply(name, stable, canary, canary_percent, None)
         elif canary is not None:
             self._apply(name, stable, canary, canary_percent, canary_percent)
         else:
             # Knative keeps the previous rolled-out revision: 0% to the candidate is the documented rollback.
             current = self._current(self.client(), name)
-            container = ((current or {}).get("spec", {}).get("predictor", {}).get("containers") or [{}])[0]
-            candidate = next((a.split("=", 1)[1] for a in container.get("args", []) if a.startswith(f"{name}=")), None)
-            self._apply(name, stable, None if candidate in (None, stable) else candidate, 0,
-                        None if candidate in (None, stable) else 0)
+            candidate = _version_arg((current or {}).get("spec", {}).get("predictor", {}), name)
+            rolling_back = candidate not in (None, stable)
+            self._apply(name, stable, candidate if rolling_back else None, 0, 0 if rolling_back else None)
 
     def deploy(self, name: str, version: str) -> Endpoint:
-        if self.deployment_mode == SERVERLESS:
+        if self.mode == DeploymentMode.SERVERLESS:
             current = self._current(self.client(), name)
             if current is not None and current["spec"]["predictor"].get("canaryTrafficPercent") is not None:
                 status = self._apply(name, version, version, 100, 100)  # promotion: the candidate takes 100%
@@ -135,31 +148,18 @@ class KServeClusterServing(ModelServing):
         status = self._apply(name, version, None, 0, None)
         return self._endpoint(name, version, status)
 
+    def endpoint(self, name: str) -> Endpoint:
+        current = self._current(self.client(), name)
+        if current is None:
+            raise RuntimeError(f"no InferenceService {name!r} in namespace {self.namespace!r}")
+        version = _version_arg(current["spec"]["predictor"], name) or ""
+        return self._endpoint(name, version, current)
+
+    def stop(self) -> bool:
+        raise UnsupportedOperation(
+            "the cluster's model servers are InferenceServices that Kubernetes keeps running; remove one with "
+            f"`kubectl delete inferenceservice NAME -n {self.namespace}`")
+
     def _endpoint(self, name: str, version: str, status: dict) -> Endpoint:
         url = self.base_url or status.get("status", {}).get("url", "")
         return Endpoint(name=name, version=version, base_url=url.rstrip("/"))
-
-    def _query(self, promql: str) -> list[dict]:
-        response = requests.get(f"{self.prometheus_url.rstrip('/')}/api/v1/query", params={"query": promql}, timeout=10)
-        response.raise_for_status()
-        body = response.json()
-        if body.get("status") != "success":
-            raise RuntimeError(f"Prometheus refused {promql!r}: {body}")
-        return body["data"]["result"]
-
-    def snapshot(self, name: str) -> Snapshot:
-        """The same cumulative counters as the local `/metrics`, summed over the endpoint's pods by Prometheus."""
-        selector = f'model="{name}",namespace="{self.namespace}"'
-        snap = Snapshot()
-        for row in self._query(f"sum by (revision, version, code) ({REQUESTS_METRIC}{{{selector}}})"):
-            labels, value = row["metric"], float(row["value"][1])
-            key = (labels.get("revision", "stable"), labels.get("code", ""))
-            snap.requests[key] = snap.requests.get(key, 0.0) + value
-            if labels.get("version"):
-                snap.versions[key[0]] = labels["version"]
-        for metric, target in ((LATENCY_METRIC, snap.buckets), (COMPUTE_METRIC, snap.compute)):
-            for row in self._query(f"sum by (revision, le) ({metric}_bucket{{{selector}}})"):
-                le = row["metric"]["le"]
-                bound = float("inf") if le in ("+Inf", "Inf") else float(le)
-                target.setdefault(row["metric"].get("revision", "stable"), {})[bound] = float(row["value"][1])
-        return snap

@@ -9,7 +9,7 @@ from kubernetes.client import ApiClient
 
 from mlops_platform.defs.model_assets import GPU_POOL, job_name
 from mlops_platform.defs.profiles import GPU_NODE_SELECTORS, GPU_TAINT
-from tests.platform_helpers import breast_cancer
+from tests.support import breast_cancer
 
 K8S_VERSION = "1.33"
 CLOUDS = ["aws", "azure", "gcp"]

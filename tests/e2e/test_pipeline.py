@@ -9,31 +9,43 @@ import pytest
 import requests
 
 from mlops_platform.core.spec import EstimatorSpec, GateSpec, StepSpec
-from tests.platform_helpers import breast_cancer, check_results, fast, materialized, resources, run_job, seed
+from tests.support import breast_cancer, check_results, fast, landing, materialized, registry, run_job, seed, serving
 
 SPEC = fast(breast_cancer())
 NAME = SPEC.registered_name
 
 
 @pytest.fixture(scope="module")
-def first_run(platform_home):
+def first_run_and_after(platform_home) -> tuple:
+    """The first run, and what it left behind read at once: later tests, in any order, move the champion on."""
     seed(SPEC)
     result = run_job(SPEC)
     assert result.success, [e.message for e in result.all_events if e.is_failure]
-    return result
+    rows, _ = holdout_rows()
+    return result, {"champion": champion_version(), "served": served_version(), "predict": predict_v1(rows)}
+
+
+@pytest.fixture(scope="module")
+def first_run(first_run_and_after):
+    return first_run_and_after[0]
+
+
+@pytest.fixture(scope="module")
+def right_after_first_run(first_run_and_after) -> dict:
+    return first_run_and_after[1]
 
 
 def champion_version() -> str | None:
-    return resources()["mlflow"].version_for(NAME, "champion")
+    return registry().version_for(NAME, "champion")
 
 
 def served_version() -> list[str]:
-    base = resources()["serving"].base_url
+    base = serving().base_url
     return requests.get(f"{base}/v2/models/{NAME}", timeout=5).json()["versions"]
 
 
 def predict_v1(rows: list[list[float]]) -> requests.Response:
-    return requests.post(f"{resources()['serving'].base_url}/v1/models/{NAME}:predict", json={"instances": rows}, timeout=10)
+    return requests.post(f"{serving().base_url}/v1/models/{NAME}:predict", json={"instances": rows}, timeout=10)
 
 
 def holdout_rows(n: int = 4) -> tuple[list[list[float]], list[int]]:
@@ -43,7 +55,7 @@ def holdout_rows(n: int = 4) -> tuple[list[list[float]], list[int]]:
     return frame[SPEC.dataset.features].to_numpy(dtype=float).tolist(), frame[SPEC.dataset.target].tolist()
 
 
-def test_first_run_trains_registers_promotes_and_serves(first_run):
+def test_first_run_trains_registers_promotes_and_serves(first_run, right_after_first_run):
     checks = check_results(first_run)
     assert all(check.passed for check in checks.values())
     assert set(checks) == {"batches_valid", "quality_gate", "canary_analysis", "slo_guard"}
@@ -52,30 +64,30 @@ def test_first_run_trains_registers_promotes_and_serves(first_run):
     assert set(meta) == {"landing_batches", "training_dataset", "trained_model", "challenger", "evaluation", "canary",
                          "champion", "endpoint"}
     version = meta["challenger"]["model_version"]
-    assert champion_version() == version == meta["endpoint"]["model_version"]
+    assert right_after_first_run["champion"] == version == meta["endpoint"]["model_version"]
     assert meta["trained_model"]["holdout_f1"] >= SPEC.gate.min_value
     assert "data:image/png;base64," in meta["trained_model"]["confusion_matrix"]
     assert meta["trained_model"]["mlflow_run"].endswith(f"/runs/{meta['trained_model']['mlflow_run_id']}")
 
-    client = resources()["mlflow"].client()
+    client = registry().client()
     run = client.get_run(meta["trained_model"]["mlflow_run_id"])
     assert run.data.tags["dagster_run_id"] == first_run.run_id
     assert {"holdout_f1", "holdout_accuracy", "holdout_roc_auc"} <= set(run.data.metrics)
     assert run.data.params["step1.class"] == "sklearn.linear_model.LogisticRegression"
     assert client.get_model_version(NAME, version).tags["quality_gate"] == "passed"
 
-    rows, expected = holdout_rows()
-    response = predict_v1(rows)
+    _, expected = holdout_rows()
+    response = right_after_first_run["predict"]
     assert response.status_code == 200
     assert response.json()["predictions"] == expected
-    assert served_version() == [version]
+    assert right_after_first_run["served"] == [version]
 
 
 def test_logged_model_requirements_are_minimal(first_run):
     import mlflow
 
     meta = materialized(first_run)
-    mlflow.set_tracking_uri(resources()["mlflow"].tracking_uri)
+    mlflow.set_tracking_uri(registry().tracking_uri)
     uri = f"models:/{NAME}/{meta['challenger']['model_version']}"
     requirements = Path(mlflow.artifacts.download_artifacts(f"{uri}/requirements.txt")).read_text()
     assert "scikit-learn==" in requirements
@@ -86,7 +98,7 @@ def test_logged_model_requirements_are_minimal(first_run):
 
 
 def test_v2_protocol_and_metadata(first_run):
-    base = resources()["serving"].base_url
+    base = serving().base_url
     assert requests.get(f"{base}/v2/health/ready", timeout=5).json() == {"ready": True}
     metadata = requests.get(f"{base}/v2/models/{NAME}", timeout=5).json()
     assert metadata["inputs"] == [{"name": "input-0", "datatype": "FP64", "shape": [-1, 30]}]
@@ -120,7 +132,7 @@ BAD_REQUESTS = [
 
 @pytest.mark.parametrize("protocol_version, body, content_type, status, message", BAD_REQUESTS)
 def test_malformed_requests_get_a_4xx_with_a_message(first_run, protocol_version, body, content_type, status, message):
-    base = resources()["serving"].base_url
+    base = serving().base_url
     url = f"{base}/v1/models/{NAME}:predict" if protocol_version == "v1" else f"{base}/v2/models/{NAME}/infer"
     payload = body if isinstance(body, bytes) else json.dumps(body).encode()
     headers = {"content-type": "application/json" if content_type == "json" else content_type} if content_type else {}
@@ -136,7 +148,7 @@ def test_malformed_requests_get_a_4xx_with_a_message(first_run, protocol_version
 
 def test_oversized_request_gets_413(first_run):
     huge = {"instances": [ROW] * 300_000}
-    response = requests.post(f"{resources()['serving'].base_url}/v1/models/{NAME}:predict", json=huge, timeout=60)
+    response = requests.post(f"{serving().base_url}/v1/models/{NAME}:predict", json=huge, timeout=60)
     assert response.status_code == 413
     assert "exceeds the limit" in response.json()["error"]
 
@@ -155,7 +167,7 @@ def test_worse_challenger_is_not_promoted(first_run):
     assert {"canary", "champion", "endpoint"}.isdisjoint(materialized(result))
     rejected = materialized(result)["challenger"]["model_version"]
     assert champion_version() == before != rejected
-    tags = resources()["mlflow"].client().get_model_version(NAME, rejected).tags
+    tags = registry().client().get_model_version(NAME, rejected).tags
     assert tags["quality_gate"] == "failed" and "regresses" in tags["quality_gate_reason"]
     assert served_version() == [before]
 
@@ -176,8 +188,8 @@ def test_bad_batch_is_quarantined_and_blocks_everything_downstream(first_run, pl
         frame[SPEC.dataset.target] = frame[SPEC.dataset.target].astype(float)
         frame.loc[3, SPEC.dataset.target] = None
         payload = data.encode_batch(frame)
-    landing = resources()["landing"]
-    landing.write(SPEC.name, name, payload)
+    store = landing()
+    store.write(SPEC.name, name, payload)
     before = champion_version()
 
     result = run_job(SPEC)
@@ -187,7 +199,7 @@ def test_bad_batch_is_quarantined_and_blocks_everything_downstream(first_run, pl
     assert not check.passed and reason in check.description
     assert set(materialized(result)) == {"landing_batches"}
     assert champion_version() == before
-    assert name not in landing.list_batches(SPEC.name)
+    assert name not in store.list_batches(SPEC.name)
     moved = list((platform_home / "quarantine" / SPEC.name).glob(f"*-{name}"))
     assert len(moved) == 1 and moved[0].read_bytes() == payload
     note = json.loads(moved[0].with_name(moved[0].name + ".reason.json").read_text())
@@ -195,17 +207,17 @@ def test_bad_batch_is_quarantined_and_blocks_everything_downstream(first_run, pl
 
 
 def test_redeploy_is_idempotent_and_serves_the_new_champion(first_run):
-    serving = resources()["serving"]
-    pid = serving.running_pid()
+    backend = serving()
+    pid = backend.process.running_pid()
     before = champion_version()
     result = run_job(SPEC)  # same data and estimator: equal quality passes the gate
     assert result.success
     new = materialized(result)["endpoint"]["model_version"]
     assert new != before and champion_version() == new
-    assert serving.running_pid() == pid, "a second server was started"
+    assert backend.process.running_pid() == pid, "a second server was started"
     assert served_version() == [new]
-    tags = resources()["mlflow"].client().get_model_version(NAME, before).tags
+    tags = registry().client().get_model_version(NAME, before).tags
     assert tags["superseded_by"] == new
     canary = check_results(result)["canary_analysis"]
     assert canary.passed and "canary healthy" in canary.description
-    assert resources()["mlflow"].client().get_model_version(NAME, new).tags["canary"] == "passed"
+    assert registry().client().get_model_version(NAME, new).tags["canary"] == "passed"

@@ -53,7 +53,7 @@ def test_split_membership_is_stable_as_data_grows():
     batches = data.bundled_batches(DS, 3)
     small = data.split_dataset(pd.concat(batches[:2], ignore_index=True), DS)
     full = data.split_dataset(pd.concat(batches, ignore_index=True), DS)
-    key = lambda f: set(map(tuple, f[DS.features].round(8).to_numpy()))  # noqa: E731
+    key = lambda f: set(map(tuple, f[DS.features].round(8).to_numpy()))
     assert key(small.holdout) <= key(full.holdout)
     assert not key(small.holdout) & key(full.train)
     assert 0.18 < len(full.holdout) / 569 < 0.32

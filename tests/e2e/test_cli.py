@@ -9,7 +9,7 @@ import sys
 import pytest
 import requests
 
-from tests.conftest import REPO
+from tests.support import REPO
 
 BIN = os.path.dirname(sys.executable)
 

@@ -1,0 +1,87 @@
+"""The served model: one `kserve.Model` per endpoint, sending each request to its stable or its canary revision."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
+from typing import Any
+
+import numpy as np
+from kserve import Model
+from kserve.protocol.infer_type import InferRequest
+
+from mlops_platform.core.canary import Revision
+from mlops_platform.core.training import labels_from_proba
+from mlops_platform.integrations.registry import LoadedModel
+from mlops_platform.serving import protocol
+from mlops_platform.serving.metrics import COMPUTE
+from mlops_platform.serving.routing import Routing, Splitter
+
+# Filled in by the model while it answers; read by the middleware that times the request and counts it.
+CURRENT_REQUEST: ContextVar[dict | None] = ContextVar("mlops_current_request", default=None)
+
+
+class EndpointModel(Model):
+    """One endpoint name answering V1 and V2; each request goes to the stable or the canary revision.
+
+    With a canary, each revision computes on its own thread, as it would in its own pod: a slow canary then queues
+    its own requests, not the stable revision's, and the latency comparison stays fair. Alone, the stable revision
+    computes on the event loop, which costs less CPU per request.
+    """
+
+    def __init__(self, name: str, stable: LoadedModel, canary: LoadedModel | None = None, canary_percent: int = 0,
+                 stable_label: Revision = Revision.STABLE):
+        super().__init__(name)
+        self.stable, self.canary = stable, canary
+        self.stable_label = stable_label
+        self.routing = Routing(stable.version, canary.version if canary else None, canary_percent if canary else 0)
+        self._splitter = Splitter(self.routing.canary_percent)
+        self._threads = ({rev: ThreadPoolExecutor(1, thread_name_prefix=f"{name}-{rev}") for rev in (stable_label, Revision.CANARY)}
+                         if canary else {})
+        # Histogram children resolved once here, not per request on the hot path.
+        self._timers = {rev: COMPUTE.labels(name, rev) for rev in (stable_label, Revision.CANARY)}
+        self.ready = True
+
+    @property
+    def version(self) -> str:
+        return self.stable.version
+
+    @property
+    def flavor(self) -> str:
+        return self.stable.flavor
+
+    def release(self) -> None:
+        """Let the revision threads finish what they hold, then end."""
+        for pool in self._threads.values():
+            pool.shutdown(wait=False)
+
+    def get_input_types(self) -> list[dict]:
+        return protocol.input_metadata(self.stable.feature_names)
+
+    def get_output_types(self) -> list[dict]:
+        return protocol.output_metadata(len(self.stable.classifier.classes_))
+
+    async def predict(self, payload: Any, headers: dict[str, str] | None = None, response_headers=None):
+        revision, loaded = (Revision.CANARY, self.canary) if self._splitter.next_is_canary() else (self.stable_label, self.stable)
+        note = CURRENT_REQUEST.get()
+        if note is not None:
+            note["revision"], note["version"] = revision, loaded.version
+        v2 = isinstance(payload, InferRequest)
+        matrix = protocol.parse_v2(payload, loaded.feature_names) if v2 else protocol.parse_v1(payload, loaded.feature_names)
+        timer = self._timers[revision]
+        if self._threads:
+            labels, proba = await asyncio.get_running_loop().run_in_executor(self._threads[revision], _classify, loaded, matrix, timer)
+        else:
+            labels, proba = _classify(loaded, matrix, timer)
+        if v2:
+            return protocol.v2_response(self.name, loaded.version, payload.id, labels, proba)
+        return protocol.v1_response(labels)
+
+
+def _classify(loaded: LoadedModel, matrix: np.ndarray, timer) -> tuple[np.ndarray, np.ndarray]:
+    started = time.perf_counter()
+    proba = loaded.classifier.predict_proba(matrix)
+    timer.observe(time.perf_counter() - started)
+    return labels_from_proba(loaded.classifier.classes_, proba), proba

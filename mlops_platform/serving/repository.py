@@ -1,0 +1,80 @@
+"""The model repository: endpoints backed by the MLflow registry, their routing applied atomically and persisted."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from kserve import ModelRepository
+
+from mlops_platform.core.canary import Revision
+from mlops_platform.integrations.registry import Alias, LoadedModel, load_registered
+from mlops_platform.serving.model import EndpointModel
+from mlops_platform.serving.routing import Routing, RoutingStore
+
+logger = logging.getLogger(__name__)
+
+
+class EndpointRepository(ModelRepository):
+    """Endpoints backed by the MLflow registry; routing is applied atomically and persisted."""
+
+    def __init__(self, tracking_uri: str, registry_uri: str | None = None, routing_path: str | None = None,
+                 revision_label: Revision = Revision.STABLE):
+        from mlflow import MlflowClient
+
+        super().__init__(models_dir="")
+        # In a cluster each revision is its own pod; its label says which one it is in the shared metrics.
+        self.revision_label = Revision(revision_label)
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+        self.store = RoutingStore(routing_path)
+        self._loaded: dict[tuple[str, str], LoadedModel] = {}
+
+    def _version(self, name: str, version: str) -> LoadedModel:
+        key = (name, version)
+        if key not in self._loaded:
+            self._loaded[key] = load_registered(self.client, name, version=version)
+        return self._loaded[key]
+
+    def apply(self, name: str, routing: Routing) -> EndpointModel:
+        """Load what the routing needs, then swap it in with one assignment: requests in flight finish on the old one."""
+        stable = self._version(name, routing.stable)
+        canary = self._version(name, routing.canary) if routing.canary else None
+        model = EndpointModel(name, stable, canary, routing.canary_percent, stable_label=self.revision_label)
+        previous = self.get_model(name)
+        self.update(model)
+        if isinstance(previous, EndpointModel):
+            previous.release()
+        self.store.save(name, model.routing)
+        keep = {(name, routing.stable), (name, routing.canary)}
+        for key in [k for k in self._loaded if k[0] == name and k not in keep]:
+            del self._loaded[key]
+        logger.info("endpoint %s routing %s", name, model.routing)
+        return model
+
+    def restore(self) -> list[str]:
+        """At start-up: the persisted routing, else each registered model's champion; failures are logged and skipped."""
+        persisted = self.store.load()
+        for registered in self.client.search_registered_models():
+            if registered.name not in persisted and Alias.CHAMPION in (registered.aliases or {}):
+                persisted[registered.name] = Routing(stable=str(registered.aliases[Alias.CHAMPION]))
+        for name, routing in persisted.items():
+            try:
+                self.apply(name, routing)
+            except Exception:
+                logger.exception("could not restore endpoint %s with %s", name, routing)
+        return sorted(self.get_models())
+
+    def routing_of(self, name: str) -> Routing | None:
+        model = self.get_model(name)
+        return model.routing if isinstance(model, EndpointModel) else None
+
+    def _load_champion(self, name: str) -> None:
+        champion = str(self.client.get_model_version_by_alias(name, Alias.CHAMPION).version)
+        current = self.routing_of(name)
+        keep_canary = current is not None and current.canary not in (None, champion)
+        self.apply(name, Routing(champion, current.canary, current.canary_percent) if keep_canary else Routing(champion))
+
+    async def load(self, name: str) -> bool:
+        """KServe's repository extension: serve the current champion as stable, keeping a canary in flight."""
+        await asyncio.to_thread(self._load_champion, name)
+        return True

@@ -1,0 +1,58 @@
+"""The model server: KServe's REST server bound where it is told, with the platform's API, guards and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fastapi import FastAPI
+from kserve import ModelServer
+from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
+from kserve.errors import InvalidInput, ModelNotFound
+from kserve.protocol.rest.server import RESTServer
+
+from mlops_platform.serving.api import VersionedDataPlane, quiet_handler
+from mlops_platform.serving.repository import EndpointRepository
+
+
+class LoopbackRESTServer(RESTServer):
+    """kserve 0.21's REST server binds to 0.0.0.0 and times every request for a trace log; this one binds where it is
+    told (127.0.0.1 locally) and leaves request timing to the platform's own middleware."""
+
+    def __init__(self, host: str, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.config.host = host
+
+    def _add_middlewares(self, app: FastAPI) -> None:
+        # kserve's TimingMiddleware only writes a trace line per request, which costs more CPU than the prediction.
+        pass
+
+    def _add_exception_handlers(self, app: FastAPI) -> None:
+        super()._add_exception_handlers(app)
+        # kserve logs a full traceback at ERROR for every 400 and 404: a flood of bad requests would then cost more CPU
+        # in logging than in serving. Same answers, one debug line each.
+        for error, status in ((InvalidInput, 400), (ModelNotFound, 404)):
+            app.add_exception_handler(error, quiet_handler(status))
+
+
+class PlatformModelServer(ModelServer):
+    """A KServe `ModelServer` over the registry-backed repository, REST only, on the loopback REST server."""
+
+    def __init__(self, host: str, repository: EndpointRepository, **kwargs):
+        super().__init__(registered_models=repository, enable_grpc=False, **kwargs)
+        self.host = host
+        self.dataplane = VersionedDataPlane(model_registry=repository)
+
+    def start(self, models=()) -> None:
+        """Serve until a signal stops it. The endpoints are already in the repository, which loads them itself, and the
+        server starts with none at all when nothing is registered yet."""
+        # Per-request access and trace logging costs more CPU than the prediction.
+        for noisy in ("uvicorn.access", "kserve.trace"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        self._rest_server = LoopbackRESTServer(
+            self.host, FASTAPI_APP_IMPORT_STRING, self.dataplane, self.model_repository_extension, self.http_port,
+            grace_period=self.grace_period, event_loop=self.event_loop, timeout_keep_alive=self.timeout_keep_alive)
+        self.servers.append(self._rest_server.start())
+        self.setup_event_loop()
+        self.register_signal_handler()
+        asyncio.run(self._serve())
