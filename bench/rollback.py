@@ -102,6 +102,8 @@ def main() -> None:
         broken = register(mlflow_res, spec, LogisticRegression(max_iter=500).fit(frame[features[:-1]].to_numpy(), frame[target]), frame)
         wide = make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(3072, 3072), max_iter=3, random_state=0))
         slow = register(mlflow_res, spec, wide.fit(frame[features].to_numpy(), frame[target]), frame)
+        for version in (broken, slow):  # both would pass an offline gate; only live traffic shows what is wrong
+            mlflow_res.record_gate(name, version, True, "benchmark challenger")
 
         x1 = frame[features].to_numpy(dtype=float)[:1]
         stable_model = mlflow_res.load(name, stable)

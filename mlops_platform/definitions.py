@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from mlops_platform.core.spec import ModelSpec, load_specs
-from mlops_platform.defs.automation import build_new_batch_sensor, build_retrain_schedule
+from mlops_platform.defs.automation import build_canary_lease_sensor, build_new_batch_sensor, build_retrain_schedule
 from mlops_platform.defs.model_assets import build_model_assets, job_name
 from mlops_platform.defs.profiles import Profile, load_profile
 
@@ -37,7 +37,8 @@ def build_definitions(specs: list[ModelSpec] | None = None, profile: str | None 
     )
     return dg.Definitions.merge(
         *[model_definitions(spec, chosen) for spec in specs],
-        dg.Definitions(jobs=[every_model], resources=chosen.resources, executor=chosen.executor),
+        dg.Definitions(jobs=[every_model], sensors=[build_canary_lease_sensor(specs)], resources=chosen.resources,
+                       executor=chosen.executor),
     )
 
 

@@ -1,6 +1,7 @@
 """Shared fixtures and the test tiers.
 
-Each folder mirrors a package: `core`, `serving`, `integrations`, `defs`, `infra`, and `e2e` for whole runs. Every
+Each folder mirrors a package: `core`, `serving`, `integrations`, `defs`, `infra`, `e2e` for whole runs and
+`reliability` for faults injected into real processes. Every
 test is marked with its folder's name; tests that start real processes or run jobs are also marked `slow`, and
 `make test-fast` runs the rest.
 """
@@ -16,7 +17,7 @@ from tests.support import platform_home as _platform_home
 
 __all__ = ["REPO", "free_port"]
 
-TIERS = ("core", "serving", "integrations", "defs", "infra", "e2e")
+TIERS = ("core", "serving", "integrations", "defs", "infra", "e2e", "reliability")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -24,7 +25,7 @@ def pytest_collection_modifyitems(config, items):
         tier = Path(item.fspath).parent.name
         if tier in TIERS:
             item.add_marker(getattr(pytest.mark, tier))
-        if tier == "e2e" or "platform_home" in getattr(item, "fixturenames", ()):
+        if tier in ("e2e", "reliability") or "platform_home" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
 
 

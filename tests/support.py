@@ -136,3 +136,62 @@ def register_copy_of_champion(spec: ModelSpec) -> str:
     client = registry().client()
     current = client.get_model_version_by_alias(spec.registered_name, "champion")
     return str(client.create_model_version(spec.registered_name, source=current.source, run_id=current.run_id).version)
+
+
+def write_spec(spec: ModelSpec, folder: Path) -> Path:
+    """The spec as a YAML file in `folder`, for runs in another process (`MLOPS_MODELS_DIR=folder`)."""
+    import yaml
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{spec.name}.yaml"
+    path.write_text(yaml.safe_dump(spec.model_dump(by_alias=True, exclude_none=True), sort_keys=False))
+    return path
+
+
+def dagster_execute(job: str, models_dir: Path, log: Path):
+    """`dagster job execute` of one job in its own process (and process group), as a user or a schedule runs it."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MLOPS_MODELS_DIR": str(models_dir)}
+    with open(log, "ab") as out:
+        return subprocess.Popen([str(Path(sys.executable).parent / "dagster"), "job", "execute", "-m",
+                                 "mlops_platform.definitions", "-j", job], cwd=REPO, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+class Traffic:
+    """Background V1 requests at about `rps`, recording each answer's status (0 when refused) and time."""
+
+    def __init__(self, url: str, body: dict, rps: float = 100.0, workers: int = 4):
+        import threading
+
+        self.url, self.body, self.interval = url, body, workers / rps
+        self.results: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(workers)]
+
+    def _run(self) -> None:
+        import time
+
+        import requests
+
+        session = requests.Session()
+        while not self._stop.is_set():
+            try:
+                status = session.post(self.url, json=self.body, timeout=5).status_code
+            except requests.RequestException:
+                status = 0
+                session = requests.Session()
+            self.results.append((time.monotonic(), status))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> Traffic:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=10)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cdktn_provider_helm.provider import HelmProvider
@@ -16,6 +17,8 @@ from constructs import Construct
 
 from mlops_infra.charts import CHARTS
 from mlops_infra.config import DATABASE_ADMIN, GPU_TAINT_KEY, SERVICE_ACCOUNTS, Environment
+
+DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy"
 
 
 @dataclass
@@ -124,7 +127,8 @@ class PlatformLayer(Construct):
               for ns, secret, key, prop in (("dagster", "dagster-postgresql-secret", "db-password", "postgresql-password"),
                                             ("mlflow", "mlflow-db", "db-password", "password"))],
         ]
-        self.release("raw", {"resources": [*secrets, create_mlflow_db, *inputs.extra_manifests]}, name="platform-manifests",
+        self.release("raw", {"resources": [*secrets, create_mlflow_db, *_deploy_manifests("kserve/networkpolicy.yaml"),
+                                           *inputs.extra_manifests]}, name="platform-manifests",
                      after=["external-secrets"])
 
         _, dagster_sa = SERVICE_ACCOUNTS["dagster"]
@@ -165,6 +169,13 @@ class PlatformLayer(Construct):
         )
         self.releases[key] = release
         return release
+
+
+def _deploy_manifests(relative: str) -> list[dict]:
+    """Kubernetes objects kept as YAML in the repository's deploy/ folder."""
+    import yaml
+
+    return [doc for doc in yaml.safe_load_all((DEPLOY_DIR / relative).read_text()) if doc]
 
 
 def _external_secret(namespace: str, name: str, remote_key: str, secret_key: str) -> dict:

@@ -28,6 +28,22 @@ class Revision(StrEnum):
     CANARY = "canary"
 
 
+@dataclass(frozen=True)
+class CanaryLease:
+    """Who started a canary and until when it may run unjudged; past the deadline anyone may roll it back."""
+
+    owner: str
+    deadline: float  # Unix time
+
+    def expired(self, now: float) -> bool:
+        return now >= self.deadline
+
+    def abandoned(self, stable: str) -> str:
+        """Why a canary whose lease ran out was rolled back, for the registry and the logs."""
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.deadline))
+        return f"lease of {self.owner} ran out at {when} with no verdict; rolled back to version {stable}"
+
+
 REQUESTS_METRIC = "mlops_inference_requests_total"
 LATENCY_METRIC = "mlops_inference_request_duration_seconds"
 COMPUTE_METRIC = "mlops_inference_compute_seconds"
@@ -35,9 +51,9 @@ COMPUTE_METRIC = "mlops_inference_compute_seconds"
 
 @dataclass
 class Snapshot:
-    """Cumulative counts for one endpoint: requests by (revision, code), latency buckets by revision."""
+    """Cumulative counts for one endpoint: requests by (revision, HTTP code, model version), latency buckets by revision."""
 
-    requests: dict[tuple[str, str], float] = field(default_factory=dict)
+    requests: dict[tuple[str, str, str], float] = field(default_factory=dict)
     buckets: dict[str, dict[float, float]] = field(default_factory=dict)
     compute: dict[str, dict[float, float]] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
@@ -77,19 +93,28 @@ class RevisionWindow:
         return self.errors / self.requests if self.requests else 0.0
 
 
-def window(before: Snapshot, after: Snapshot, revision: str) -> RevisionWindow:
-    """Requests, server errors (5xx) and p95 latency of one revision between two snapshots."""
+def window(before: Snapshot, after: Snapshot, revision: str, version: str | None = None) -> RevisionWindow:
+    """Requests, server errors (5xx) and p95 latency of one revision between two snapshots.
+
+    Only what the server could be blamed for counts: a client's mistake (4xx) is neither a request to judge nor an
+    error, so a flood of malformed requests can neither fail a canary nor roll back a champion. With `version`, only
+    requests that version served count, so a verdict is never about another release's traffic.
+    """
     requests = errors = 0.0
-    for (rev, code), count in after.requests.items():
-        if rev != revision:
+    for key, count in after.requests.items():
+        rev, code, served = key
+        if rev != revision or code.startswith("4") or (version is not None and served != version):
             continue
-        delta = count - before.requests.get((rev, code), 0.0)
+        previous = before.requests.get(key, 0.0)
+        delta = count - previous if count >= previous else count  # a restarted server counts from zero again
         requests += delta
         if code.startswith("5"):
             errors += delta
+
     def p95_ms(earlier: dict, later: dict) -> float | None:
         old = earlier.get(revision, {})
-        value = histogram_quantile(0.95, {le: n - old.get(le, 0.0) for le, n in later.get(revision, {}).items()})
+        value = histogram_quantile(0.95, {le: n - old.get(le, 0.0) if n >= old.get(le, 0.0) else n
+                                          for le, n in later.get(revision, {}).items()})
         return None if value is None else value * 1000
 
     return RevisionWindow(revision, int(round(requests)), int(round(errors)), p95_ms(before.buckets, after.buckets),
@@ -151,15 +176,17 @@ def judge(stable: RevisionWindow, canary: RevisionWindow, t: CanaryThresholds, f
                             f"p95 {canary.p95_ms or 0:.1f} ms (stable {stable.p95_ms or 0:.1f} ms)", stable, canary)
 
 
-def analyze(snapshot: Callable[[], Snapshot], t: CanaryThresholds, *, stable: str = Revision.STABLE, canary: str = Revision.CANARY,
+def analyze(snapshot: Callable[[], Snapshot], t: CanaryThresholds, *, canary_version: str | None = None,
             clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> Verdict:
-    """Poll until a verdict: early rollback on clear failure, promotion after the window, inconclusive at the limit."""
+    """Poll until a verdict: early rollback on clear failure, promotion after the window, inconclusive at the limit.
+    With `canary_version`, the canary is judged on the requests that version served, and no other."""
     start, baseline = clock(), snapshot()
     while True:
         sleep(t.poll_seconds)
         elapsed = clock() - start
         current = snapshot()
-        s, c = window(baseline, current, stable), window(baseline, current, canary)
+        s = window(baseline, current, Revision.STABLE)
+        c = window(baseline, current, Revision.CANARY, canary_version)
         final = elapsed >= t.max_window_seconds or (elapsed >= t.window_seconds and c.requests >= t.min_requests)
         verdict = judge(s, c, t, final)
         if verdict is not None:

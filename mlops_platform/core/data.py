@@ -13,6 +13,18 @@ from sklearn import datasets
 from mlops_platform.core.spec import DatasetSpec
 
 BATCH_SUFFIXES = (".csv", ".parquet")
+MAX_BATCH_NAME = 128
+_BATCH_NAME = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_BATCH_NAME - 1}}}$")
+
+
+def batch_name_problem(name: str) -> str | None:
+    """Why a landing file's name cannot be taken as a batch name, or None: names end up in paths, run tags and
+    quarantine keys, so they are short and plain."""
+    if _BATCH_NAME.match(name):
+        return None
+    shown = name if len(name) <= 60 else f"{name[:40]}…({len(name)} characters)"
+    return (f"batch name {shown!r} is not allowed: use at most {MAX_BATCH_NAME} letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit")
 
 
 def column_name(raw: str) -> str:
@@ -96,6 +108,16 @@ def validate_batch(name: str, payload: bytes, spec: DatasetSpec) -> tuple[pd.Dat
     feature_nulls = {c: int(n) for c, n in frame[spec.features].isna().sum().items() if n}
     if feature_nulls:
         report.problems.append(f"null values in feature columns: {feature_nulls}")
+    numeric = [c for c in spec.features if c not in non_numeric]
+    counts = np.isinf(frame[numeric].to_numpy(dtype=float)).sum(axis=0) if numeric else []
+    infinite = {c: int(n) for c, n in zip(numeric, counts, strict=True) if n}
+    if infinite:
+        report.problems.append(f"infinite values in feature columns: {infinite}")
+    if spec.classes is not None and not target_nulls:
+        unknown = sorted({str(v) for v in frame[spec.target].unique()} - {str(c) for c in spec.classes})
+        if unknown:
+            report.problems.append(f"labels {unknown} in {spec.target!r} are not among the declared classes "
+                                   f"{[str(c) for c in spec.classes]}; to train on a new class, add it to dataset.classes")
     if report.problems:
         return None, report
     return frame[spec.columns], report

@@ -31,6 +31,9 @@ class DatasetSpec(_Strict):
     target: str
     holdout_fraction: float = Field(0.25, gt=0.0, lt=1.0)
     seed: int = 42
+    classes: list[int | str] | None = Field(None, description=(
+        "The labels the target may take. A batch with any other label is quarantined with that reason; to train on a "
+        "new class, add it here."))
 
     @model_validator(mode="after")
     def _target_not_a_feature(self) -> DatasetSpec:
@@ -114,9 +117,15 @@ class CanarySpec(_Strict):
     window_seconds: float = Field(5.0, gt=0.0)
     max_window_seconds: float = Field(30.0, gt=0.0)
     replay_rps: float = Field(200.0, gt=0.0, description="Holdout rows replayed as traffic where there are no users (local).")
+    lease_margin_seconds: float = Field(30.0, gt=0.0, description=(
+        "A canary's lease lasts the analysis's longest window plus this; past it, with no verdict (the run died or was "
+        "cancelled), the canary is rolled back without waiting for another run."))
+    release_wait_seconds: float = Field(300.0, ge=0.0, description=(
+        "How long a release waits for another release of the same model to finish before it fails with a message."))
 
     def thresholds(self, slo: SloSpec | None = None) -> CanaryThresholds:
-        return CanaryThresholds(**self.model_dump(exclude={"traffic_percent", "replay_rps"}),
+        return CanaryThresholds(**self.model_dump(exclude={"traffic_percent", "replay_rps", "lease_margin_seconds",
+                                                           "release_wait_seconds"}),
                                 max_p95_ms=slo.max_p95_ms if slo else None)
 
 

@@ -1,4 +1,5 @@
-"""Retraining automation per model: a nightly schedule and a sensor that fires when a new batch lands."""
+"""Automation: per model a nightly retraining schedule and a sensor that fires when a new batch lands; for all models
+the reaper of canaries whose lease ran out."""
 
 import hashlib
 import json
@@ -7,7 +8,8 @@ from typing import Any
 import dagster as dg
 
 from mlops_platform.core.spec import ModelSpec
-from mlops_platform.defs.resources import LandingResource
+from mlops_platform.defs.release import reap_abandoned_canaries
+from mlops_platform.defs.resources import LandingResource, MLflowResource, ServingResource
 
 
 def build_retrain_schedule(spec: ModelSpec, job: Any) -> dg.ScheduleDefinition:
@@ -41,3 +43,22 @@ def build_new_batch_sensor(spec: ModelSpec, job: Any) -> dg.SensorDefinition:
         return dg.RunRequest(run_key=run_key, tags={"trigger": "new_batch", "batches": ",".join(arrived)[:200]})
 
     return new_batch_sensor
+
+
+def build_canary_lease_sensor(specs: list[ModelSpec]) -> dg.SensorDefinition:
+    """The lease reaper: a canary whose lease ran out with no verdict (its run died) is rolled back and tagged
+    `canary=abandoned`. The local server also does this itself; in a cluster this sensor is what does it."""
+
+    @dg.sensor(
+        name="canary_lease_reaper",
+        minimum_interval_seconds=15,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Rolls back canaries whose lease ran out with no verdict, for every model.",
+    )
+    def canary_lease_reaper(context: dg.SensorEvaluationContext, mlflow: MLflowResource, serving: ServingResource):
+        reaped = reap_abandoned_canaries([s.registered_name for s in specs], mlflow.get_registry(), serving.get_backend())
+        for name in reaped:
+            context.log.warning(f"rolled back the abandoned canary of {name}")
+        return dg.SkipReason(f"rolled back abandoned canaries of {reaped}" if reaped else "no canary outlived its lease")
+
+    return canary_lease_reaper

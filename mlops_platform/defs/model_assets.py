@@ -11,7 +11,7 @@ import pandas as pd
 from mlops_platform.core import data, evaluation, training
 from mlops_platform.core.canary import Outcome
 from mlops_platform.core.spec import ModelSpec
-from mlops_platform.defs.release import guard_champion, release_canary
+from mlops_platform.defs.release import begin_release, guard_champion, release_canary, release_ttl
 from mlops_platform.defs.resources import LandingResource, MLflowResource, ServingResource
 from mlops_platform.defs.types import (
     CanaryRelease,
@@ -73,12 +73,18 @@ def build_model_assets(spec: ModelSpec, gpu_step_tags: dict | None = None, cpu_s
         store = landing.get_store()
         frames, accepted, quarantined = [], [], {}
         for name in store.list_batches(spec.name):
-            frame, report = data.validate_batch(name, store.read(spec.name, name), spec.dataset)
-            if report.ok:
+            refused = data.batch_name_problem(name) or (
+                "symbolic link: refused, never followed" if store.is_link(spec.name, name) else None)
+            if refused:
+                frame, problems = None, [refused]
+            else:
+                frame, report = data.validate_batch(name, store.read(spec.name, name), spec.dataset)
+                problems = report.problems
+            if not problems:
                 frames.append(frame)
                 accepted.append(name)
             else:
-                reason = "; ".join(report.problems)
+                reason = "; ".join(problems)
                 quarantined[name] = {"reason": reason, "moved_to": store.quarantine(spec.name, name, reason)}
                 context.log.warning(f"quarantined batch {name}: {reason}")
         combined = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=spec.dataset.columns)
@@ -173,10 +179,7 @@ def build_model_assets(spec: ModelSpec, gpu_step_tags: dict | None = None, cpu_s
         if champion_version is not None:
             champion_metrics = evaluation.evaluate(registry.load(name, champion_version), x_holdout, y_holdout, spec.metrics)
         decision = evaluation.gate_decision(spec.gate, challenger_metrics, champion_metrics)
-        registry.tag_version(name, candidate.version, {
-            QUALITY_GATE: "passed" if decision.passed else "failed",
-            f"{QUALITY_GATE}_reason": decision.reason,
-        })
+        registry.record_gate(name, candidate.version, decision.passed, decision.reason)
         report = GateReport(candidate.version, champion_version, challenger_metrics, champion_metrics, decision)
         yield dg.Output(report, metadata={
             "challenger_version": candidate.version,
@@ -203,10 +206,19 @@ def build_model_assets(spec: ModelSpec, gpu_step_tags: dict | None = None, cpu_s
                                                    "without more errors or much higher latency than the champion.")],
         kinds={"kserve"},
     )
-    def canary_release(report: GateReport, dataset: TrainingDataset, mlflow: MLflowResource, serving: ServingResource):
+    def canary_release(context: dg.AssetExecutionContext, report: GateReport, dataset: TrainingDataset,
+                       mlflow: MLflowResource, serving: ServingResource):
         """The challenger served beside the champion to a share of traffic; the analysis promotes or rolls it back."""
-        release = release_canary(spec, mlflow.get_registry(), serving.get_backend(), report.champion_version,
-                                 report.challenger_version, _replay_rows(dataset))
+        backend, owner = serving.get_backend(), context.run.run_id
+        lock = begin_release(spec, backend, owner)  # held through promotion and the watch; released on any failure
+        try:
+            release = release_canary(spec, mlflow.get_registry(), backend, report.champion_version,
+                                     report.challenger_version, _replay_rows(dataset), owner=owner)
+        except BaseException:
+            lock.release(owner)
+            raise
+        if not release.passed:
+            lock.release(owner)
         verdict = release.verdict
         yield dg.Output(release, metadata={
             "outcome": str(verdict.outcome),
@@ -220,10 +232,18 @@ def build_model_assets(spec: ModelSpec, gpu_step_tags: dict | None = None, cpu_s
 
     @dg.asset(key=key("champion"), group_name=group, op_tags=cpu_tags, ins={"release": dg.AssetIn(key("canary"))},
               kinds={"mlflow", "kserve"})
-    def champion(release: CanaryRelease, mlflow: MLflowResource, serving: ServingResource) -> dg.Output[ChampionChange]:
+    def champion(context: dg.AssetExecutionContext, release: CanaryRelease, mlflow: MLflowResource,
+                 serving: ServingResource) -> dg.Output[ChampionChange]:
         """The registered version aliased `champion`, serving 100% of traffic; moves only after gate and canary passed."""
-        previous = mlflow.get_registry().promote(spec.registered_name, release.version)
-        serving.get_backend().deploy(spec.registered_name, release.version)
+        backend, owner = serving.get_backend(), context.run.run_id
+        lock = backend.release_lock(spec.registered_name)
+        try:
+            lock.renew(owner, release_ttl(spec))  # a release that lost its lock must not promote
+            previous = mlflow.get_registry().promote(spec.registered_name, release.version)
+            backend.deploy(spec.registered_name, release.version)
+        except BaseException:
+            lock.release(owner)
+            raise
         return dg.Output(ChampionChange(release.version, previous),
                          metadata={"model_version": release.version, "previous_champion": previous or "none"})
 
@@ -236,12 +256,19 @@ def build_model_assets(spec: ModelSpec, gpu_step_tags: dict | None = None, cpu_s
                                                    f"{spec.slo.max_error_rate:.1%} through its watch window.")],
         kinds={"kserve"},
     )
-    def endpoint(current: ChampionChange, dataset: TrainingDataset, mlflow: MLflowResource, serving: ServingResource):
+    def endpoint(context: dg.AssetExecutionContext, current: ChampionChange, dataset: TrainingDataset, mlflow: MLflowResource,
+                 serving: ServingResource):
         """The champion's live endpoint, watched after promotion; an SLO breach rolls back to the previous champion."""
         import requests
 
-        verdict, served = guard_champion(spec, mlflow.get_registry(), serving.get_backend(), current.version,
-                                         current.previous, _replay_rows(dataset))
+        backend, owner = serving.get_backend(), context.run.run_id
+        lock = backend.release_lock(spec.registered_name)
+        try:
+            lock.renew(owner, release_ttl(spec))
+            verdict, served = guard_champion(spec, mlflow.get_registry(), backend, current.version, current.previous,
+                                             _replay_rows(dataset))
+        finally:
+            lock.release(owner)
         state = EndpointState(served.name, served.version, served.base_url, rolled_back=served.version != current.version)
         sample = dataset.holdout[features].head(3).to_numpy(dtype=np.float64).tolist()
         response = requests.post(served.v1_predict_url, json={"instances": sample}, timeout=30)

@@ -36,7 +36,7 @@ def parse_prometheus(text: str, model: str) -> Snapshot:
             if labels.get("model") != model:
                 continue
             if sample.name == REQUESTS_METRIC:
-                key = (labels["revision"], labels["code"])
+                key = (labels["revision"], labels["code"], labels.get("version", ""))
                 snap.requests[key] = snap.requests.get(key, 0.0) + sample.value
                 if labels.get("version"):
                     snap.versions[labels["revision"]] = labels["version"]
@@ -81,7 +81,7 @@ class PrometheusMetrics(MetricsSource):
         snap = Snapshot()
         for row in self._query(f"sum by (revision, version, code) ({REQUESTS_METRIC}{{{selector}}})"):
             labels, value = row["metric"], float(row["value"][1])
-            key = (labels.get("revision", Revision.STABLE), labels.get("code", ""))
+            key = (labels.get("revision", Revision.STABLE), labels.get("code", ""), labels.get("version", ""))
             snap.requests[key] = snap.requests.get(key, 0.0) + value
             if labels.get("version"):
                 snap.versions[key[0]] = labels["version"]

@@ -26,6 +26,25 @@ class Alias(StrEnum):
     CHALLENGER = "challenger"
 
 
+class VersionTag(StrEnum):
+    """Tags the platform writes on registered versions: what each judge decided, and why."""
+
+    QUALITY_GATE = "quality_gate"  # passed | failed
+    QUALITY_GATE_REASON = "quality_gate_reason"
+    CANARY = "canary"  # passed | rejected | abandoned
+    CANARY_REASON = "canary_reason"
+    PROMOTED_AT = "promoted_at"
+    SUPERSEDED_BY = "superseded_by"
+    ROLLED_BACK = "rolled_back"
+    DAGSTER_RUN_ID = "dagster_run_id"
+
+
+class CanaryStatus(StrEnum):
+    PASSED = "passed"
+    REJECTED = "rejected"
+    ABANDONED = "abandoned"  # its lease ran out with no verdict: the run that started it died or was cancelled
+
+
 @dataclass(frozen=True)
 class LoggedRun:
     """A tracked training run and the model it logged."""
@@ -58,7 +77,20 @@ class ModelRegistry(ABC):
 
     @abstractmethod
     def register(self, spec: ModelSpec, run: LoggedRun, tags: dict[str, str]) -> str:
-        """A new registered version of the run's model, aliased `challenger`; returns the version."""
+        """A new registered version of the run's model; returns the version. No alias yet: `challenger` is for
+        versions that passed the quality gate."""
+
+    @abstractmethod
+    def record_gate(self, name: str, version: str, passed: bool, reason: str) -> None:
+        """Tag the quality gate's decision; a passed version becomes `challenger`, a failed one never holds it."""
+
+    @abstractmethod
+    def passed_gate(self, name: str, version: str) -> bool:
+        """Whether this version exists and passed the quality gate."""
+
+    @abstractmethod
+    def record_canary(self, name: str, version: str, status: CanaryStatus, reason: str) -> None:
+        """Tag what the canary analysis (or the lease reaper) decided; only a passed canary keeps `challenger`."""
 
     @abstractmethod
     def version_for(self, name: str, alias: Alias) -> str | None:
@@ -150,9 +182,33 @@ class MlflowRegistry(ModelRegistry):
         import mlflow
 
         with self._active():
-            version = mlflow.register_model(run.model_uri, spec.registered_name, tags=tags).version
-        self.client().set_registered_model_alias(spec.registered_name, Alias.CHALLENGER, version)
-        return str(version)
+            return str(mlflow.register_model(run.model_uri, spec.registered_name, tags=tags).version)
+
+    def record_gate(self, name: str, version: str, passed: bool, reason: str) -> None:
+        self.tag_version(name, version, {VersionTag.QUALITY_GATE: "passed" if passed else "failed",
+                                         VersionTag.QUALITY_GATE_REASON: reason})
+        if passed:
+            self.client().set_registered_model_alias(name, Alias.CHALLENGER, version)
+        else:
+            self._drop_alias_if_held(name, Alias.CHALLENGER, version)
+
+    def passed_gate(self, name: str, version: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            tags = self.client().get_model_version(name, version).tags
+        except MlflowException:
+            return False
+        return tags.get(VersionTag.QUALITY_GATE) == "passed"
+
+    def record_canary(self, name: str, version: str, status: CanaryStatus, reason: str) -> None:
+        self.tag_version(name, version, {VersionTag.CANARY: status, VersionTag.CANARY_REASON: reason})
+        if status != CanaryStatus.PASSED:
+            self._drop_alias_if_held(name, Alias.CHALLENGER, version)
+
+    def _drop_alias_if_held(self, name: str, alias: Alias, version: str) -> None:
+        if self.version_for(name, alias) == str(version):
+            self.client().delete_registered_model_alias(name, alias)
 
     def version_for(self, name: str, alias: Alias) -> str | None:
         from mlflow.exceptions import MlflowException
@@ -174,16 +230,16 @@ class MlflowRegistry(ModelRegistry):
     def demote(self, name: str, version: str, previous: str, reason: str) -> None:
         client = self.client()
         client.set_registered_model_alias(name, Alias.CHAMPION, previous)
-        client.set_model_version_tag(name, version, "rolled_back", reason)
-        client.delete_model_version_tag(name, previous, "superseded_by")
+        client.set_model_version_tag(name, version, VersionTag.ROLLED_BACK, reason)
+        client.delete_model_version_tag(name, previous, VersionTag.SUPERSEDED_BY)
 
     def promote(self, name: str, version: str) -> str | None:
         previous = self.version_for(name, Alias.CHAMPION)
         client = self.client()
         client.set_registered_model_alias(name, Alias.CHAMPION, version)
-        client.set_model_version_tag(name, version, "promoted_at", str(int(time.time())))
+        client.set_model_version_tag(name, version, VersionTag.PROMOTED_AT, str(int(time.time())))
         if previous and previous != version:
-            client.set_model_version_tag(name, previous, "superseded_by", version)
+            client.set_model_version_tag(name, previous, VersionTag.SUPERSEDED_BY, version)
         return previous
 
 

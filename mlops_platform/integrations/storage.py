@@ -7,12 +7,15 @@ identity), never from this code. Nothing here deletes data: a quarantined batch 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from abc import ABC, abstractmethod
 from typing import Any
 
 import fsspec
+
+from mlops_platform.core.data import batch_name_problem
 
 BATCH_SUFFIXES = (".csv", ".parquet")
 REASON_SUFFIX = ".reason.json"
@@ -33,7 +36,12 @@ class LandingStore(ABC):
         """Names of the model's batches, sorted."""
 
     @abstractmethod
-    def read(self, model: str, name: str) -> bytes: ...
+    def read(self, model: str, name: str) -> bytes:
+        """The batch's bytes; a symbolic link is refused (ValueError), never followed."""
+
+    @abstractmethod
+    def is_link(self, model: str, name: str) -> bool:
+        """Whether the landing entry is a symbolic link (only local disks have them)."""
 
     @abstractmethod
     def write(self, model: str, name: str, payload: bytes) -> str:
@@ -72,17 +80,27 @@ class FsspecLandingStore(LandingStore):
         entries = {}
         for info in listing:
             name = info["name"].rstrip("/").rsplit("/", 1)[-1]
-            if info.get("type") == "file" and is_batch(name):
+            # Links are listed too, whatever they point at, so that they are refused and moved aside, never followed.
+            if (info.get("type") == "file" or info.get("islink")) and is_batch(name):
                 entries[name] = info
         return entries
 
     def list_batches(self, model: str) -> list[str]:
         return sorted(self._entries(model))
 
+    def is_link(self, model: str, name: str) -> bool:
+        local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        return local and bool(self.fs.info(self._landing(model, name)).get("islink"))
+
     def read(self, model: str, name: str) -> bytes:
+        if self.is_link(model, name):
+            raise ValueError(f"landing entry {model}/{name} is a symbolic link: refused, never followed")
         return self.fs.cat_file(self._landing(model, name))
 
     def write(self, model: str, name: str, payload: bytes) -> str:
+        problem = batch_name_problem(name)
+        if problem:
+            raise ValueError(problem)
         path = self._landing(model, name)
         partial = self._landing(model, f".{name}.partial")
         self.fs.makedirs(self._landing(model), exist_ok=True)
@@ -92,7 +110,9 @@ class FsspecLandingStore(LandingStore):
 
     def quarantine(self, model: str, name: str, reason: str) -> str:
         folder = "/".join((self.quarantine_root.rstrip("/"), model))
-        key = f"{time.strftime('%Y%m%dT%H%M%S')}-{name}"
+        # A name unfit for a batch (too long, odd characters) is not reused as a key; the note keeps the original.
+        safe = name if batch_name_problem(name) is None else f"renamed-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+        key = f"{time.strftime('%Y%m%dT%H%M%S')}-{safe}"
         self.fs.makedirs(folder, exist_ok=True)
         # Move first, note second: a crash in between leaves the batch safe in quarantine, never lost.
         self.fs.mv(self._landing(model, name), f"{folder}/{key}")

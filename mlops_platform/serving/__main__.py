@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from pathlib import Path
 
 from kserve import model_server
 
@@ -23,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--registry-uri", default=None)
     parser.add_argument("--max-body-bytes", type=int, default=None)
     parser.add_argument("--routing-file", default=None, help="where the stable/canary routing is persisted")
+    parser.add_argument("--control-token-file", default=None,
+                        help="bearer token that routing and repository changes need; without it they are switched off")
     parser.add_argument("--model", action="append", default=[], metavar="NAME=VERSION",
                         help="serve this registered version (in a cluster, one predictor pod per revision)")
     parser.add_argument("--revision", default=Revision.STABLE, choices=list(Revision), type=Revision,
@@ -32,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    _configure_logging()
 
     import warnings
 
@@ -59,7 +63,9 @@ def main(argv: list[str] | None = None) -> None:
             repository.apply(name, Routing(stable=version))
     else:
         repository.restore()
-    install_request_guards(model_server.app, args.max_body_bytes or DEFAULT_MAX_BODY_BYTES)
+    repository.watch_leases()
+    token = Path(args.control_token_file).read_text().strip() if args.control_token_file else None
+    install_request_guards(model_server.app, args.max_body_bytes or DEFAULT_MAX_BODY_BYTES, control_token=token)
     install_routing_api(model_server.app, repository)
     try:
         import uvloop
@@ -72,6 +78,19 @@ def main(argv: list[str] | None = None) -> None:
     server = PlatformModelServer(args.host, repository, http_port=args.port or args.http_port,
                                  enable_latency_logging=False, timeout_keep_alive=args.timeout_keep_alive)
     server.start()
+
+
+def _configure_logging() -> None:
+    """KServe's log format for KServe, uvicorn and the platform's own loggers, set explicitly: whatever an import
+    configured before (some add a root handler) must not silence the server's log."""
+    import copy
+    import logging.config
+
+    from kserve.logging import KSERVE_LOG_CONFIG
+
+    config = copy.deepcopy(KSERVE_LOG_CONFIG)
+    config["loggers"]["mlops_platform"] = {"handlers": ["kserve"], "level": "INFO", "propagate": False}
+    logging.config.dictConfig(config)
 
 
 if __name__ == "__main__":

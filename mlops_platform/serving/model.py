@@ -26,20 +26,19 @@ CURRENT_REQUEST: ContextVar[dict | None] = ContextVar("mlops_current_request", d
 class EndpointModel(Model):
     """One endpoint name answering V1 and V2; each request goes to the stable or the canary revision.
 
-    With a canary, each revision computes on its own thread, as it would in its own pod: a slow canary then queues
-    its own requests, not the stable revision's, and the latency comparison stays fair. Alone, the stable revision
-    computes on the event loop, which costs less CPU per request.
+    Each revision computes on its own thread, as it would in its own pod: a slow canary queues its own requests, not
+    the stable revision's, so the latency comparison stays fair; and the event loop never computes, so health checks
+    and other endpoints answer while a large request is being predicted.
     """
 
-    def __init__(self, name: str, stable: LoadedModel, canary: LoadedModel | None = None, canary_percent: int = 0,
+    def __init__(self, name: str, routing: Routing, stable: LoadedModel, canary: LoadedModel | None = None,
                  stable_label: Revision = Revision.STABLE):
         super().__init__(name)
-        self.stable, self.canary = stable, canary
+        self.routing, self.stable, self.canary = routing, stable, canary
         self.stable_label = stable_label
-        self.routing = Routing(stable.version, canary.version if canary else None, canary_percent if canary else 0)
-        self._splitter = Splitter(self.routing.canary_percent)
-        self._threads = ({rev: ThreadPoolExecutor(1, thread_name_prefix=f"{name}-{rev}") for rev in (stable_label, Revision.CANARY)}
-                         if canary else {})
+        self._splitter = Splitter(routing.canary_percent if canary else 0)
+        revisions = (stable_label, Revision.CANARY) if canary else (stable_label,)
+        self._threads = {rev: ThreadPoolExecutor(1, thread_name_prefix=f"{name}-{rev}") for rev in revisions}
         # Histogram children resolved once here, not per request on the hot path.
         self._timers = {rev: COMPUTE.labels(name, rev) for rev in (stable_label, Revision.CANARY)}
         self.ready = True
@@ -70,11 +69,8 @@ class EndpointModel(Model):
             note["revision"], note["version"] = revision, loaded.version
         v2 = isinstance(payload, InferRequest)
         matrix = protocol.parse_v2(payload, loaded.feature_names) if v2 else protocol.parse_v1(payload, loaded.feature_names)
-        timer = self._timers[revision]
-        if self._threads:
-            labels, proba = await asyncio.get_running_loop().run_in_executor(self._threads[revision], _classify, loaded, matrix, timer)
-        else:
-            labels, proba = _classify(loaded, matrix, timer)
+        pool, timer = self._threads[revision], self._timers[revision]
+        labels, proba = await asyncio.get_running_loop().run_in_executor(pool, _classify, loaded, matrix, timer)
         if v2:
             return protocol.v2_response(self.name, loaded.version, payload.id, labels, proba)
         return protocol.v1_response(labels)

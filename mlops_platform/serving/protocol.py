@@ -13,10 +13,10 @@ NUMERIC_V2_TYPES = frozenset({"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", 
 
 
 def _matrix(rows: Any, n_features: int, where: str) -> np.ndarray:
-    """A float matrix from nested lists, with a message for each way it can be malformed."""
+    """A finite float matrix from nested lists, with a message for each way it can be malformed."""
     try:
         array = np.asarray(rows)
-    except ValueError:  # numpy refuses ragged nesting
+    except (ValueError, TypeError):  # numpy refuses ragged nesting
         raise InvalidInput(f"{where}: rows have different lengths") from None
     if array.size == 0:
         raise InvalidInput(f"{where}: no rows to predict")
@@ -28,7 +28,10 @@ def _matrix(rows: Any, n_features: int, where: str) -> np.ndarray:
         raise InvalidInput(f"{where}: expected a list of rows, each a list of {n_features} numbers")
     if array.shape[1] != n_features:
         raise InvalidInput(f"{where}: each row needs {n_features} features, got {array.shape[1]}")
-    return np.ascontiguousarray(array, dtype=np.float64)
+    matrix = np.ascontiguousarray(array, dtype=np.float64)
+    if not np.isfinite(matrix).all():  # NaN, ±Infinity, or an integer too large for a float
+        raise InvalidInput(f"{where}: every value must be a finite number (no NaN or Infinity)")
+    return matrix
 
 
 def parse_v1(body: Any, feature_names: list[str]) -> np.ndarray:
@@ -77,20 +80,21 @@ def _tensor(tensor: Any) -> np.ndarray:
     if tensor.datatype not in NUMERIC_V2_TYPES:
         raise InvalidInput(f"input {tensor.name!r}: datatype {tensor.datatype!r} is not one of {sorted(NUMERIC_V2_TYPES)}")
     shape = list(tensor.shape)
+    if not shape or any(not isinstance(d, int) or d < 0 for d in shape):
+        raise InvalidInput(f"input {tensor.name!r}: shape {shape} must be a list of non-negative sizes")
     data = tensor.data
     if not isinstance(data, list):
         raise InvalidInput(f"input {tensor.name!r}: 'data' must be a list")
-    flat = np.asarray(data).reshape(-1) if data and isinstance(data[0], list) else data
-    expected = int(np.prod(shape)) if shape else 0
+    try:
+        flat = np.asarray(data).reshape(-1)
+    except (ValueError, TypeError):
+        raise InvalidInput(f"input {tensor.name!r}: rows of 'data' have different lengths") from None
+    expected = int(np.prod(shape, dtype=object))  # exact: a product that overflows int64 is still just too large
     if len(flat) != expected:
         raise InvalidInput(f"input {tensor.name!r}: shape {shape} needs {expected} values, 'data' has {len(flat)}")
-    try:
-        array = np.asarray(flat)
-    except ValueError:
-        raise InvalidInput(f"input {tensor.name!r}: rows of 'data' have different lengths") from None
-    if array.dtype.kind not in _NUMERIC_KINDS:
+    if flat.dtype.kind not in _NUMERIC_KINDS:
         raise InvalidInput(f"input {tensor.name!r}: every value must be a number")
-    return array.reshape(shape)
+    return flat.reshape(shape)
 
 
 def v1_response(labels: np.ndarray) -> dict:

@@ -1,14 +1,17 @@
-"""The model repository: endpoints backed by the MLflow registry, their routing applied atomically and persisted."""
+"""The model repository: endpoints backed by the MLflow registry, their routing applied atomically and persisted, and
+canaries whose lease ran out rolled back by the server itself."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 
 from kserve import ModelRepository
 
 from mlops_platform.core.canary import Revision
-from mlops_platform.integrations.registry import Alias, LoadedModel, load_registered
+from mlops_platform.integrations.registry import Alias, CanaryStatus, LoadedModel, MlflowRegistry, load_registered
 from mlops_platform.serving.model import EndpointModel
 from mlops_platform.serving.routing import Routing, RoutingStore
 
@@ -20,14 +23,14 @@ class EndpointRepository(ModelRepository):
 
     def __init__(self, tracking_uri: str, registry_uri: str | None = None, routing_path: str | None = None,
                  revision_label: Revision = Revision.STABLE):
-        from mlflow import MlflowClient
-
         super().__init__(models_dir="")
         # In a cluster each revision is its own pod; its label says which one it is in the shared metrics.
         self.revision_label = Revision(revision_label)
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+        self.registry = MlflowRegistry(tracking_uri, registry_uri)
+        self.client = self.registry.client()
         self.store = RoutingStore(routing_path)
         self._loaded: dict[tuple[str, str], LoadedModel] = {}
+        self._lock = threading.RLock()  # the control API, the repository extension and the lease reaper all apply
 
     def _version(self, name: str, version: str) -> LoadedModel:
         key = (name, version)
@@ -37,17 +40,18 @@ class EndpointRepository(ModelRepository):
 
     def apply(self, name: str, routing: Routing) -> EndpointModel:
         """Load what the routing needs, then swap it in with one assignment: requests in flight finish on the old one."""
-        stable = self._version(name, routing.stable)
-        canary = self._version(name, routing.canary) if routing.canary else None
-        model = EndpointModel(name, stable, canary, routing.canary_percent, stable_label=self.revision_label)
-        previous = self.get_model(name)
-        self.update(model)
-        if isinstance(previous, EndpointModel):
-            previous.release()
-        self.store.save(name, model.routing)
-        keep = {(name, routing.stable), (name, routing.canary)}
-        for key in [k for k in self._loaded if k[0] == name and k not in keep]:
-            del self._loaded[key]
+        with self._lock:
+            stable = self._version(name, routing.stable)
+            canary = self._version(name, routing.canary) if routing.canary else None
+            model = EndpointModel(name, routing, stable, canary, stable_label=self.revision_label)
+            previous = self.get_model(name)
+            self.update(model)
+            if isinstance(previous, EndpointModel):
+                previous.release()
+            self.store.save(name, model.routing)
+            keep = {(name, routing.stable), (name, routing.canary)}
+            for key in [k for k in self._loaded if k[0] == name and k not in keep]:
+                del self._loaded[key]
         logger.info("endpoint %s routing %s", name, model.routing)
         return model
 
@@ -68,11 +72,50 @@ class EndpointRepository(ModelRepository):
         model = self.get_model(name)
         return model.routing if isinstance(model, EndpointModel) else None
 
+    def passed_gate(self, name: str, version: str) -> bool:
+        return self.registry.passed_gate(name, version)
+
+    def reap_expired_canaries(self, now: float | None = None) -> list[str]:
+        """Roll back every canary whose lease ran out with no verdict, and say so on its registry version."""
+        now = time.time() if now is None else now
+        reaped = []
+        for name in list(self.get_models()):
+            with self._lock:
+                routing = self.routing_of(name)
+                if routing is None or routing.canary is None or routing.lease is None or not routing.lease.expired(now):
+                    continue
+                self.apply(name, Routing(routing.stable))
+            reason = routing.lease.abandoned(routing.stable)
+            logger.warning("endpoint %s: canary %s abandoned: %s", name, routing.canary, reason)
+            try:
+                self.registry.record_canary(name, routing.canary, CanaryStatus.ABANDONED, reason)
+            except Exception:  # the routing is safe already; the tag is the record of why
+                logger.exception("could not tag abandoned canary %s of %s", routing.canary, name)
+            reaped.append(name)
+        return reaped
+
+    def watch_leases(self, interval_s: float = 0.5) -> threading.Thread:
+        """Reap expired canaries in the background for as long as the server runs."""
+
+        def loop() -> None:
+            while True:
+                time.sleep(interval_s)
+                try:
+                    self.reap_expired_canaries()
+                except Exception:
+                    logger.exception("canary lease check failed")
+
+        thread = threading.Thread(target=loop, name="canary-leases", daemon=True)
+        thread.start()
+        return thread
+
     def _load_champion(self, name: str) -> None:
         champion = str(self.client.get_model_version_by_alias(name, Alias.CHAMPION).version)
-        current = self.routing_of(name)
-        keep_canary = current is not None and current.canary not in (None, champion)
-        self.apply(name, Routing(champion, current.canary, current.canary_percent) if keep_canary else Routing(champion))
+        with self._lock:
+            current = self.routing_of(name)
+            keep_canary = current is not None and current.canary not in (None, champion)
+            self.apply(name, Routing(champion, current.canary, current.canary_percent, current.lease) if keep_canary
+                       else Routing(champion))
 
     async def load(self, name: str) -> bool:
         """KServe's repository extension: serve the current champion as stable, keeping a canary in flight."""

@@ -8,23 +8,35 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from mlops_platform.core.canary import CanaryLease
+
 
 @dataclass(frozen=True)
 class Routing:
-    """Which registered versions serve an endpoint, and the canary's share of requests in percent."""
+    """Which registered versions serve an endpoint, the canary's share of requests in percent, and the canary's lease."""
 
     stable: str
     canary: str | None = None
     canary_percent: int = 0
+    lease: CanaryLease | None = None
 
     def __post_init__(self):
         if not 0 <= self.canary_percent <= 100:
             raise ValueError(f"canary_percent must be within 0..100, got {self.canary_percent}")
-        if self.canary is None and self.canary_percent:
-            raise ValueError("canary_percent needs a canary version")
+        if self.canary is None and (self.canary_percent or self.lease):
+            raise ValueError("canary_percent and lease need a canary version")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if self.lease is None:
+            del out["lease"]
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> Routing:
+        lease = raw.get("lease")
+        return cls(raw["stable"], raw.get("canary"), raw.get("canary_percent", 0),
+                   CanaryLease(**lease) if lease else None)
 
 
 class Splitter:
@@ -56,7 +68,7 @@ class RoutingStore:
     def load(self) -> dict[str, Routing]:
         if self.path is None or not self.path.exists():
             return {}
-        return {name: Routing(**raw) for name, raw in json.loads(self.path.read_text()).items()}
+        return {name: Routing.from_dict(raw) for name, raw in json.loads(self.path.read_text()).items()}
 
     def save(self, name: str, routing: Routing | None) -> None:
         if self.path is None:

@@ -19,11 +19,49 @@ def test_histogram_quantile_interpolates_like_prometheus():
 
 
 def test_window_counts_only_what_happened_between_snapshots():
-    before = Snapshot(requests={("stable", "200"): 90.0, ("canary", "500"): 4.0, ("canary", "200"): 6.0})
-    after = Snapshot(requests={("stable", "200"): 90.0, ("canary", "500"): 9.0, ("canary", "200"): 16.0})
+    before = Snapshot(requests={("stable", "200", "3"): 90.0, ("canary", "500", "4"): 4.0, ("canary", "200", "4"): 6.0})
+    after = Snapshot(requests={("stable", "200", "3"): 90.0, ("canary", "500", "4"): 9.0, ("canary", "200", "4"): 16.0})
     w = canary.window(before, after, Revision.CANARY)
     assert (w.requests, w.errors) == (15, 5)
     assert canary.window(before, after, Revision.STABLE).requests == 0
+
+
+def test_client_errors_are_neither_requests_to_judge_nor_errors():
+    before = Snapshot()
+    after = Snapshot(requests={("canary", "200", "4"): 10.0, ("canary", "400", "4"): 500.0, ("canary", "415", "4"): 90.0,
+                               ("canary", "503", "4"): 1.0})
+    w = canary.window(before, after, Revision.CANARY)
+    assert (w.requests, w.errors) == (11, 1)
+
+
+def test_a_canary_is_judged_only_on_what_its_own_version_served():
+    before = Snapshot()
+    after = Snapshot(requests={("canary", "200", "5"): 60.0, ("canary", "500", "6"): 40.0})
+    assert canary.window(before, after, Revision.CANARY, "5").errors == 0
+    assert canary.window(before, after, Revision.CANARY, "6").error_rate == 1.0
+    assert canary.window(before, after, Revision.CANARY).requests == 100
+
+
+def test_an_analysis_ignores_another_versions_canary_traffic():
+    clock = FakeClock()
+    t = CanaryThresholds(min_requests=20, window_seconds=2.0, max_window_seconds=10.0, poll_seconds=0.5)
+    # Version 2 is the canary under analysis and healthy; version 9's failing requests belong to someone else.
+    tick = {"n": 0}
+
+    def snapshot():
+        n = tick["n"]
+        tick["n"] += 1
+        return Snapshot(requests={("stable", "200", "1"): 45.0 * n, ("canary", "200", "2"): 5.0 * n,
+                                  ("canary", "500", "9"): 5.0 * n})
+
+    verdict = canary.analyze(snapshot, t, canary_version="2", clock=clock, sleep=clock.sleep)
+    assert verdict.outcome == Outcome.PROMOTE
+
+
+def test_a_lease_expires_at_its_deadline_and_says_why():
+    lease = canary.CanaryLease("run-1", deadline=1_000.0)
+    assert not lease.expired(999.9) and lease.expired(1_000.0)
+    assert "lease of run-1 ran out" in lease.abandoned("3") and "rolled back to version 3" in lease.abandoned("3")
 
 
 def rw(revision, requests, errors=0, p95=1.0):
@@ -82,7 +120,7 @@ def _traffic(per_tick_stable, per_tick_canary, canary_code="200"):
     def snapshot():
         n = state["n"]
         state["n"] += 1
-        return Snapshot(requests={("stable", "200"): n * per_tick_stable, ("canary", canary_code): n * per_tick_canary},
+        return Snapshot(requests={("stable", "200", "1"): n * per_tick_stable, ("canary", canary_code, "2"): n * per_tick_canary},
                         buckets={"stable": {0.002: n * per_tick_stable, math.inf: n * per_tick_stable},
                                  "canary": {0.002: n * per_tick_canary, math.inf: n * per_tick_canary}})
 
@@ -121,4 +159,4 @@ def test_watch_breaches_and_holds():
 
 def _errors_only(clock):
     n = clock.now * 100
-    return Snapshot(requests={("stable", "500"): n}, buckets={"stable": {0.002: n, math.inf: n}})
+    return Snapshot(requests={("stable", "500", "1"): n}, buckets={"stable": {0.002: n, math.inf: n}})

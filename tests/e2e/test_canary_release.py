@@ -65,7 +65,8 @@ def test_healthy_challenger_is_promoted_through_the_canary(champion):
     assert routing() == {"stable": new, "canary": None, "canary_percent": 0}
     assert mlflow_client().get_model_version(NAME, new).tags["canary"] == "passed"
     snapshot = serving().snapshot(NAME)
-    assert snapshot.requests[("canary", "200")] >= SPEC.canary.min_requests
+    served = sum(n for (rev, code, version), n in snapshot.requests.items() if (rev, code, version) == ("canary", "200", new))
+    assert served >= SPEC.canary.min_requests
 
 
 def test_slow_challenger_is_rolled_back_on_latency(champion):
@@ -87,6 +88,7 @@ def test_slow_challenger_is_rolled_back_on_latency(champion):
 def test_failing_challenger_is_rolled_back_on_errors_within_seconds(champion):
     stable = current_champion()
     broken = register_broken_version()
+    registry().record_gate(NAME, broken, True, "passes offline, fails every request online")
     release = release_canary(SPEC, registry(), serving(), stable, broken, rows())
     assert release.verdict.outcome == Outcome.ROLLBACK and "error rate" in release.verdict.reason
     assert release.seconds_to_decision < 10
@@ -99,6 +101,7 @@ def test_too_little_traffic_gives_no_decision_and_no_promotion(champion):
     stable = current_champion()
     starved = SPEC.model_copy(update={"canary": SPEC.canary.model_copy(update={"min_requests": 10_000, "max_window_seconds": 2.0})})
     candidate = register_copy_of_champion()  # healthy: only the lack of traffic may stop it
+    registry().record_gate(NAME, candidate, True, "a copy of the champion")
     release = release_canary(starved, registry(), serving(), stable, candidate, rows())
     assert release.verdict.outcome == Outcome.INCONCLUSIVE and "fewer than the 10000 needed" in release.verdict.reason
     assert routing()["canary"] is None and current_champion() == stable
@@ -108,7 +111,7 @@ def test_split_survives_a_server_restart_and_is_exact(champion):
     backend = serving()
     stable = current_champion()
     other = register_copy_of_champion()
-    backend.set_routing(NAME, stable, other, 25)
+    backend.set_routing(NAME, stable, other, 25, force=True)
     assert backend.stop()
     backend.process.ensure_running()
     assert routing() == {"stable": stable, "canary": other, "canary_percent": 25}
@@ -142,7 +145,7 @@ def test_split_changes_at_run_time_without_restart_or_dropped_requests(champion)
         changes = []
         for percent in (10, 50, 0, 30, 0):
             started = time.perf_counter()
-            backend.set_routing(NAME, stable, other if percent else None, percent)
+            backend.set_routing(NAME, stable, other if percent else None, percent, force=True)
             changes.append(time.perf_counter() - started)
             time.sleep(0.3)
     finally:
@@ -160,7 +163,7 @@ def test_guard_rolls_back_a_promoted_champion_that_breaches_its_slo(champion):
     broken = register_broken_version()
     # What the champion asset does after a passed canary: the alias moves and the version takes all traffic.
     assert mlflow.promote(NAME, broken) == before
-    backend.deploy(NAME, broken)
+    backend.deploy(NAME, broken, force=True)
 
     verdict, served = guard_champion(SPEC, mlflow, backend, broken, before, rows())
 
@@ -176,10 +179,11 @@ def test_guard_rolls_back_a_promoted_champion_that_breaches_its_slo(champion):
 def test_kserve_repository_extension_reloads_the_current_champion(champion):
     backend = serving()
     stable = current_champion()
-    backend.set_routing(NAME, register_broken_version())  # something other than the champion, as after a manual override
-    response = requests.post(f"{backend.base_url}/v2/repository/models/{NAME}/load", timeout=60)
+    backend.set_routing(NAME, register_broken_version(), force=True)  # not the champion, as after a manual override
+    auth = {"Authorization": f"Bearer {backend.process.control_token()}"}
+    response = requests.post(f"{backend.base_url}/v2/repository/models/{NAME}/load", headers=auth, timeout=60)
     assert response.status_code == 200 and response.json() == {"name": NAME, "load": True}
     assert routing() == {"stable": stable, "canary": None, "canary_percent": 0}
-    missing = requests.post(f"{backend.base_url}/v2/repository/models/no-such-model/load", timeout=60)
+    missing = requests.post(f"{backend.base_url}/v2/repository/models/no-such-model/load", headers=auth, timeout=60)
     # KServe's repository extension answers a model it cannot load with 503 ModelNotReady, naming the model.
     assert missing.status_code == 503 and "no-such-model" in missing.json()["error"]

@@ -208,3 +208,18 @@ def test_dagster_run_environment_sets_only_variables_the_profile_reads(synthesiz
         run_env = dict(v.split("=", 1) for v in values["runLauncher"]["config"]["k8sRunLauncher"]["envVars"])
         assert run_env[PROFILE_ENV] == cloud
         assert set(run_env) - {PROFILE_ENV} <= set(profile_env(cloud)), stack_id
+
+
+def test_model_servers_are_reachable_only_from_the_gateway_prometheus_and_dagster(synthesized):
+    import kubernetes_validate
+
+    for stack_id, doc in synthesized.items():
+        manifests = json.loads(releases(doc)["platform-manifests"]["values"][0])["resources"]
+        [policy] = [m for m in manifests if m["kind"] == "NetworkPolicy"]
+        kubernetes_validate.validate(policy, "1.33", strict=True)
+        assert policy["metadata"]["namespace"] == SERVICE_ACCOUNTS["kserve"][0], stack_id
+        [rule] = policy["spec"]["ingress"]
+        allowed = {peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for peer in rule["from"]}
+        assert allowed == {CHARTS["envoy-gateway"].namespace, CHARTS["kube-prometheus-stack"].namespace,
+                           CHARTS["dagster"].namespace}
+        assert rule["ports"] == [{"protocol": "TCP", "port": 8080}] and policy["spec"]["podSelector"] == {}

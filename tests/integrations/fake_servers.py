@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 ISVC_PATH = re.compile(r"^/apis/serving\.kserve\.io/v1beta1/namespaces/([^/]+)/inferenceservices(?:/([^/]+))?$")
+LEASE_PATH = re.compile(r"^/apis/coordination\.k8s\.io/v1/namespaces/([^/]+)/leases(?:/([^/]+))?$")
 
 
 def merge_patch(target, patch):
@@ -46,13 +47,19 @@ class _Server:
 
 
 class FakeKubernetes(_Server):
-    """Create, get and merge-patch InferenceServices; every object is reported Ready at once."""
+    """Create, get and merge-patch InferenceServices, every one reported Ready at once; create, get and replace Leases
+    with the API server's optimistic concurrency (a replace with a stale resourceVersion is a 409 Conflict)."""
 
     def __init__(self):
         self.objects: dict[tuple[str, str], dict] = {}
+        self.leases: dict[tuple[str, str], dict] = {}
         self.requests: list[dict] = []
         self.lock = threading.Lock()
         super().__init__(lambda server: type("Handler", (_KubeHandler,), {"server_state": server}))
+
+    def next_version(self) -> int:
+        self._version = getattr(self, "_version", 0) + 1
+        return self._version
 
     def kubeconfig(self, path) -> str:
         path.write_text(json.dumps({
@@ -86,6 +93,9 @@ class _KubeHandler(BaseHTTPRequestHandler):
         with state.lock:
             state.requests.append({"method": method, "path": self.path, "content_type": self.headers.get("Content-Type"),
                                    "body": body})
+            lease = LEASE_PATH.match(urlparse(self.path).path)
+            if lease:
+                return self._lease(method, *lease.groups(), body)
             if not match:
                 return self._send(404, {"kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404})
             namespace, name = match.groups()
@@ -107,6 +117,29 @@ class _KubeHandler(BaseHTTPRequestHandler):
                 return self._send(200, state.objects[(namespace, name)])
         self._send(405, {"code": 405})
 
+    def _lease(self, method: str, namespace: str, name: str | None, body: dict | None) -> None:
+        leases = self.server_state.leases
+        key = (namespace, name or (body or {}).get("metadata", {}).get("name"))
+        current = leases.get(key)
+        if method == "GET":
+            return self._send(200, current) if current else self._send(404, {"kind": "Status", "reason": "NotFound", "code": 404})
+        if method == "POST":
+            if current:
+                return self._send(409, {"kind": "Status", "reason": "AlreadyExists", "code": 409})
+        elif method == "PUT":
+            if current is None:
+                return self._send(404, {"kind": "Status", "reason": "NotFound", "code": 404})
+            if body["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
+                return self._send(409, {"kind": "Status", "reason": "Conflict", "code": 409})
+        else:
+            return self._send(405, {"code": 405})
+        stored = copy.deepcopy(body)
+        stored.setdefault("apiVersion", "coordination.k8s.io/v1")
+        stored.setdefault("kind", "Lease")
+        stored["metadata"].update(namespace=namespace, resourceVersion=str(self.server_state.next_version()))
+        leases[key] = stored
+        return self._send(201 if method == "POST" else 200, stored)
+
     def do_GET(self):
         self._handle("GET")
 
@@ -115,6 +148,9 @@ class _KubeHandler(BaseHTTPRequestHandler):
 
     def do_PATCH(self):
         self._handle("PATCH")
+
+    def do_PUT(self):
+        self._handle("PUT")
 
 
 def _ready(obj: dict, namespace: str, generation: int) -> dict:

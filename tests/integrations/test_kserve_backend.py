@@ -134,7 +134,7 @@ def test_snapshot_from_prometheus_matches_the_local_shape(cluster):
     with FakePrometheus(respond) as prom:
         snap = make(STANDARD, prom.url).snapshot(NAME)
         assert all(f'model="{NAME}",namespace="{NS}"' in q for q in prom.queries)
-    assert snap.requests == {("stable", "200"): 900.0, ("canary", "500"): 100.0}
+    assert snap.requests == {("stable", "200", "3"): 900.0, ("canary", "500", "4"): 100.0}
     assert snap.versions == {"stable": "3", "canary": "4"}
     assert snap.buckets["stable"] == {0.005: 900.0, math.inf: 900.0} == snap.compute["stable"]
 
@@ -146,17 +146,18 @@ def test_release_canary_on_the_cluster_backend_rolls_back_a_failing_canary(clust
 
     api, make = cluster
     ticks = {"n": 0}
+    mlflow = registry()
+    broken = register_broken_version(breast_cancer())
+    mlflow.record_gate(NAME, broken, True, "passed offline; fails every request online")
 
     def respond(query: str):  # counters growing at each poll: a healthy stable, a canary answering 500s
         if "requests_total" in query:
             ticks["n"] += 1
             n = ticks["n"]
             return _vector([({"revision": "stable", "version": "3", "code": "200"}, 90 * n),
-                            ({"revision": "canary", "version": "4", "code": "500"}, 10 * n)])
+                            ({"revision": "canary", "version": broken, "code": "500"}, 10 * n)])
         return []
 
-    mlflow = registry()
-    broken = register_broken_version(breast_cancer())
     with FakePrometheus(respond) as prom:
         serving = make(STANDARD, prom.url)
         serving.deploy(NAME, "3")  # the stable version as the cluster serves it; only the canary is tagged in MLflow
@@ -168,3 +169,49 @@ def test_release_canary_on_the_cluster_backend_rolls_back_a_failing_canary(clust
     canary_patch = patches[0]["body"]["spec"]["canary"][0]
     assert version_of(canary_patch["predictor"]) == broken and canary_patch["trafficPercent"] == 10
     assert mlflow.client().get_model_version(NAME, broken).tags["canary"] == "rejected"
+
+
+def test_canary_lease_is_recorded_on_the_inference_service_and_reaped_when_it_runs_out(cluster, platform_home):
+    from mlops_platform.core.canary import CanaryLease
+    from mlops_platform.defs.release import reap_abandoned_canaries
+    from tests.support import breast_cancer, register_broken_version, registry
+
+    api, make = cluster
+    serving = make(STANDARD)
+    serving.deploy(NAME, "3")
+    assert serving.canary_state(NAME).canary is None
+    mlflow = registry()
+    candidate = register_broken_version(breast_cancer())
+    serving.set_routing(NAME, "3", candidate, 10, lease=CanaryLease("run-a", deadline=1_000.0))
+    state = serving.canary_state(NAME)
+    assert (state.stable, state.canary, state.lease) == ("3", candidate, CanaryLease("run-a", 1_000.0))
+
+    assert reap_abandoned_canaries([NAME], mlflow, serving, now=999.0) == []
+    assert stored(api)["spec"]["canary"] != []
+    assert reap_abandoned_canaries([NAME, "no-such-model"], mlflow, serving, now=1_000.0) == [NAME]
+    assert stored(api)["spec"]["canary"] == [] and serving.canary_state(NAME).canary is None
+    tags = mlflow.client().get_model_version(NAME, candidate).tags
+    assert tags["canary"] == "abandoned" and "lease of run-a ran out" in tags["canary_reason"]
+
+
+def test_release_lock_is_a_kubernetes_lease_one_holder_at_a_time(cluster):
+    import time
+
+    from mlops_platform.integrations.serving import ReleaseBusy
+
+    api, make = cluster
+    first, second = make(STANDARD).release_lock(NAME), make(STANDARD).release_lock(NAME)
+    first.acquire("run-a", ttl_s=2)
+    with pytest.raises(ReleaseBusy, match="in progress by run-a"):
+        second.acquire("run-b", ttl_s=2, wait_s=0)
+    first.renew("run-a", ttl_s=1)
+    with pytest.raises(ReleaseBusy, match="no longer holds"):
+        second.renew("run-b", ttl_s=1)
+    time.sleep(1.1)  # run-a died without letting go: its lease runs out
+    second.acquire("run-b", ttl_s=5)
+    with pytest.raises(ReleaseBusy):
+        first.renew("run-a", ttl_s=5)
+    second.release("run-b")
+    first.acquire("run-a", ttl_s=5, wait_s=0)
+    [lease] = api.leases.values()
+    assert lease["spec"]["holderIdentity"] == "run-a" and lease["metadata"]["name"] == f"mlops-release-{NAME}"

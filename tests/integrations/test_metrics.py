@@ -24,7 +24,7 @@ mlops_inference_request_duration_seconds_count{model="m",revision="stable"} 90.0
 
 def test_parse_prometheus_keeps_one_model():
     snap = parse_prometheus(EXPOSITION, "m")
-    assert snap.requests == {("stable", "200"): 90.0, ("canary", "500"): 4.0, ("canary", "200"): 6.0}
+    assert snap.requests == {("stable", "200", "3"): 90.0, ("canary", "500", "4"): 4.0, ("canary", "200", "4"): 6.0}
     assert snap.versions == {"stable": "3", "canary": "4"}
     assert snap.buckets["stable"] == {0.001: 50.0, 0.01: 90.0, math.inf: 90.0}
 
@@ -77,5 +77,5 @@ def test_prometheus_metrics_scopes_every_query_to_the_endpoint_and_namespace():
     with FakePrometheus(respond) as prom:
         snap = PrometheusMetrics(prom.url, "models").snapshot("m")
     assert len(prom.queries) == 3 and all('model="m",namespace="models"' in q for q in prom.queries)
-    assert snap.requests == {("canary", "200"): 7.0} and snap.versions == {"canary": "4"}
+    assert snap.requests == {("canary", "200", "4"): 7.0} and snap.versions == {"canary": "4"}
     assert snap.buckets == snap.compute == {"canary": {math.inf: 7.0}}

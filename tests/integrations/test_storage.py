@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 
 import fsspec
 import pytest
@@ -68,3 +69,35 @@ def test_quarantine_moves_the_batch_with_its_reason_and_loses_nothing(roots):
 def test_landing_and_quarantine_must_share_a_file_system(tmp_path):
     with pytest.raises(ValueError, match="one file system"):
         FsspecLandingStore(str(tmp_path / "landing"), "memory://quarantine")
+
+
+def test_the_store_writes_only_plain_batch_names(roots):
+    store = FsspecLandingStore(*roots)
+    for bad in ("x" * 200 + ".csv", "a b.csv", "../escape.csv", ".hidden.csv"):
+        with pytest.raises(ValueError, match="is not allowed"):
+            store.write("m", bad, BATCH)
+    assert store.list_batches("m") == []
+
+
+def test_a_symlink_is_reported_refused_and_moved_as_a_link(tmp_path):
+    outside = tmp_path / "outside.csv"
+    outside.write_bytes(b"SECRET\n")
+    store = FsspecLandingStore(str(tmp_path / "landing"), str(tmp_path / "quarantine"))
+    store.write("m", "real.csv", BATCH)
+    (tmp_path / "landing" / "m" / "link.csv").symlink_to(outside)
+    assert store.list_batches("m") == ["link.csv", "real.csv"]
+    assert store.is_link("m", "link.csv") and not store.is_link("m", "real.csv")
+    with pytest.raises(ValueError, match="symbolic link"):
+        store.read("m", "link.csv")
+    moved = store.quarantine("m", "link.csv", "symbolic link: refused, never followed")
+    assert Path(moved).is_symlink() and outside.read_bytes() == b"SECRET\n"
+
+
+def test_a_badly_named_batch_is_quarantined_under_a_safe_key_with_its_name_in_the_note(tmp_path):
+    store = FsspecLandingStore(str(tmp_path / "landing"), str(tmp_path / "quarantine"))
+    name = "y" * 250 + ".csv"
+    (tmp_path / "landing" / "m").mkdir(parents=True)
+    (tmp_path / "landing" / "m" / name).write_bytes(BATCH)
+    moved = Path(store.quarantine("m", name, "bad name"))
+    assert len(moved.name) < 60 and moved.read_bytes() == BATCH
+    assert json.loads(moved.with_name(moved.name + ".reason.json").read_text())["batch"] == name

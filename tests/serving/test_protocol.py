@@ -29,6 +29,9 @@ def test_v1_lists_and_objects():
         ({"instances": [[1, None, 3]]}, "every value must be a number"),
         ({"instances": [{"a": 1, "b": 2}]}, "missing features ['c']"),
         ({"instances": [{"a": 1, "b": 2, "c": 3, "d": 4}]}, "unknown features ['d']"),
+        ({"instances": [[1, float("nan"), 3]]}, "finite number"),
+        ({"instances": [[1, float("inf"), 3]]}, "finite number"),
+        ({"instances": [[1, 10**400, 3]]}, "every value must be a number"),
     ],
 )
 def test_v1_malformed(body, message):
@@ -56,6 +59,12 @@ def test_v2_matrix_and_named_columns():
         ([InferInput("x", [1, 2], "FP32", data=[1, 2])], "each row needs 3 features"),
         ([InferInput("x", [1, 3], "BYTES", data=["a", "b", "c"])], "datatype 'BYTES'"),
         ([InferInput("a", [1], "FP32", data=[1]), InferInput("z", [1], "FP32", data=[1])], "unknown ['z']"),
+        ([InferInput("x", [2, 3], "FP64", data=[[1, 2, 3], [1, 2]])], "different lengths"),
+        ([InferInput("x", [-1, -1], "FP64", data=[1, 2, 3])], "non-negative sizes"),
+        ([InferInput("x", [0, 3], "FP64", data=[])], "no rows to predict"),
+        ([InferInput("x", [2**62, 4], "FP64", data=[1, 2, 3, 4])], "needs 18446744073709551616 values"),
+        ([InferInput("x", [1, 3], "FP64", data=[1, float("nan"), 3])], "finite number"),
+        ([InferInput("x", [1, 3], "INT64", data=["a", "b", "c"])], "every value must be a number"),
     ],
 )
 def test_v2_malformed(inputs, message):

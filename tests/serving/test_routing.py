@@ -35,7 +35,7 @@ def test_split_stays_exact_under_concurrent_requests():
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"stable": "1", "canary": "2", "canary_percent": 101}, "within 0..100"),
-    ({"stable": "1", "canary": None, "canary_percent": 10}, "needs a canary version"),
+    ({"stable": "1", "canary": None, "canary_percent": 10}, "need a canary version"),
 ])
 def test_impossible_routings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from mlops_platform.core.canary import Snapshot
+from mlops_platform.core.canary import CanaryLease, Snapshot
 from mlops_platform.integrations.metrics import MetricsSource
 
 # The runtime's control API, which the local backend drives: `ROUTING_PREFIX/NAME/routing`.
@@ -40,17 +40,57 @@ class Endpoint:
         return f"{self.base_url}/v2/models/{self.name}/infer"
 
 
+@dataclass(frozen=True)
+class CanaryState:
+    """What an endpoint serves right now: its stable version, and a canary with its lease if one is in flight."""
+
+    stable: str
+    canary: str | None = None
+    lease: CanaryLease | None = None
+
+
+class ReleaseBusy(RuntimeError):
+    """Another release of the same endpoint holds its release lock."""
+
+
+class ReleaseLock(ABC):
+    """One release at a time per endpoint, across runs and processes: a lease that its holder renews and that
+    expires by itself when the holder dies, so a killed run never blocks the next one for longer than its TTL."""
+
+    @abstractmethod
+    def acquire(self, owner: str, ttl_s: float, wait_s: float = 0.0) -> None:
+        """Take the lock for `ttl_s` seconds, waiting up to `wait_s` for the holder; ReleaseBusy if it never frees."""
+
+    @abstractmethod
+    def renew(self, owner: str, ttl_s: float) -> None:
+        """Extend a lock `owner` holds; ReleaseBusy if it no longer does (it expired and someone else took it)."""
+
+    @abstractmethod
+    def release(self, owner: str) -> None:
+        """Let go of the lock if `owner` holds it."""
+
+
 class ServingBackend(ABC):
     """The calls the release steps and the CLI make, whatever serves the models."""
 
     metrics: MetricsSource
 
     @abstractmethod
-    def set_routing(self, name: str, stable: str, canary: str | None = None, canary_percent: int = 0) -> None:
-        """Serve `stable`, and `canary` to `canary_percent` of requests."""
+    def set_routing(self, name: str, stable: str, canary: str | None = None, canary_percent: int = 0, *,
+                    lease: CanaryLease | None = None, force: bool = False) -> None:
+        """Serve `stable`, and `canary` to `canary_percent` of requests until its lease runs out. Only versions that
+        passed the quality gate serve, unless `force`."""
 
     @abstractmethod
-    def deploy(self, name: str, version: str) -> Endpoint:
+    def canary_state(self, name: str) -> CanaryState | None:
+        """The endpoint's current stable and canary versions, or None when it does not exist."""
+
+    @abstractmethod
+    def release_lock(self, name: str) -> ReleaseLock:
+        """The lock that keeps releases of one endpoint from interleaving."""
+
+    @abstractmethod
+    def deploy(self, name: str, version: str, *, force: bool = False) -> Endpoint:
         """Serve `version` as the only (stable) revision at 100%."""
 
     @abstractmethod

@@ -10,14 +10,27 @@ Revisions are judged from Prometheus, which scrapes the same request metrics the
 
 from __future__ import annotations
 
+import json
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from mlops_platform.core.canary import Revision
+from mlops_platform.core.canary import CanaryLease, Revision
 from mlops_platform.integrations.metrics import PrometheusMetrics
-from mlops_platform.integrations.serving import Endpoint, ServingBackend, UnsupportedOperation
+from mlops_platform.integrations.serving import (
+    CanaryState,
+    Endpoint,
+    ReleaseBusy,
+    ReleaseLock,
+    ServingBackend,
+    UnsupportedOperation,
+)
 
 RUNTIME_PORT = 8080
+ROUTING_ANNOTATION = "mlops.platform/routing"
+LEASE_PREFIX = "mlops-release-"
 
 
 class DeploymentMode(StrEnum):
@@ -48,8 +61,10 @@ def predictor_spec(name: str, version: str, revision: Revision, *, image: str, t
 
 def inference_service(name: str, stable: str, canary: str | None, canary_percent: int, *, namespace: str, image: str,
                       tracking_uri: str, service_account: str | None = None,
-                      mode: DeploymentMode = DeploymentMode.STANDARD, serverless_percent: int | None = None) -> Any:
-    """The whole InferenceService for one endpoint and its routing."""
+                      mode: DeploymentMode = DeploymentMode.STANDARD, serverless_percent: int | None = None,
+                      lease: CanaryLease | None = None) -> Any:
+    """The whole InferenceService for one endpoint and its routing; the routing and the canary's lease are also kept
+    in an annotation, where the lease reaper reads them."""
     from kserve import V1beta1CanarySpec, V1beta1InferenceService, V1beta1InferenceServiceSpec, constants
     from kubernetes.client import V1ObjectMeta
 
@@ -71,7 +86,9 @@ def inference_service(name: str, stable: str, canary: str | None, canary_percent
         kind=constants.KSERVE_KIND_INFERENCESERVICE,
         metadata=V1ObjectMeta(
             name=name, namespace=namespace,
-            annotations={"serving.kserve.io/deploymentMode": str(mode)},
+            annotations={"serving.kserve.io/deploymentMode": str(mode),
+                         ROUTING_ANNOTATION: json.dumps({"stable": stable, "canary": canary,
+                                                         "lease": asdict(lease) if lease and canary else None})},
             labels={"app.kubernetes.io/part-of": "mlops-platform", "mlops.platform/model": name},
         ),
         spec=spec,
@@ -114,11 +131,12 @@ class KServeServing(ServingBackend):
                 return None
             raise
 
-    def _apply(self, name: str, stable: str, canary: str | None, canary_percent: int, serverless_percent: int | None) -> dict:
+    def _apply(self, name: str, stable: str, canary: str | None, canary_percent: int, serverless_percent: int | None,
+               lease: CanaryLease | None = None) -> dict:
         client = self.client()
         isvc = inference_service(name, stable, canary, canary_percent, namespace=self.namespace, image=self.image,
                                  tracking_uri=self.tracking_uri, service_account=self.service_account,
-                                 mode=self.mode, serverless_percent=serverless_percent)
+                                 mode=self.mode, serverless_percent=serverless_percent, lease=lease)
         if self._current(client, name) is None:
             client.create(isvc, namespace=self.namespace)
         else:
@@ -127,11 +145,14 @@ class KServeServing(ServingBackend):
                                polling_interval=self.ready_poll_s)
         return client.get(name, namespace=self.namespace)
 
-    def set_routing(self, name: str, stable: str, canary: str | None = None, canary_percent: int = 0) -> None:
+    def set_routing(self, name: str, stable: str, canary: str | None = None, canary_percent: int = 0, *,
+                    lease: CanaryLease | None = None, force: bool = False) -> None:
+        # Who may patch InferenceServices is Kubernetes RBAC's to say (the Dagster service account); `force` is for
+        # the local control API's quality-gate check and has nothing to switch off here.
         if self.mode == DeploymentMode.STANDARD:
-            self._apply(name, stable, canary, canary_percent, None)
+            self._apply(name, stable, canary, canary_percent, None, lease)
         elif canary is not None:
-            self._apply(name, stable, canary, canary_percent, canary_percent)
+            self._apply(name, stable, canary, canary_percent, canary_percent, lease)
         else:
             # Knative keeps the previous rolled-out revision: 0% to the candidate is the documented rollback.
             current = self._current(self.client(), name)
@@ -139,7 +160,7 @@ class KServeServing(ServingBackend):
             rolling_back = candidate not in (None, stable)
             self._apply(name, stable, candidate if rolling_back else None, 0, 0 if rolling_back else None)
 
-    def deploy(self, name: str, version: str) -> Endpoint:
+    def deploy(self, name: str, version: str, *, force: bool = False) -> Endpoint:
         if self.mode == DeploymentMode.SERVERLESS:
             current = self._current(self.client(), name)
             if current is not None and current["spec"]["predictor"].get("canaryTrafficPercent") is not None:
@@ -147,6 +168,18 @@ class KServeServing(ServingBackend):
                 return self._endpoint(name, version, status)
         status = self._apply(name, version, None, 0, None)
         return self._endpoint(name, version, status)
+
+    def canary_state(self, name: str) -> CanaryState | None:
+        current = self._current(self.client(), name)
+        if current is None:
+            return None
+        raw = json.loads(current.get("metadata", {}).get("annotations", {}).get(ROUTING_ANNOTATION) or "null")
+        if raw is None:  # created before routing was recorded: the predictor is all there is
+            return CanaryState(_version_arg(current["spec"]["predictor"], name) or "")
+        return CanaryState(raw["stable"], raw.get("canary"), CanaryLease(**raw["lease"]) if raw.get("lease") else None)
+
+    def release_lock(self, name: str) -> ReleaseLock:
+        return KubernetesLeaseLock(self.namespace, f"{LEASE_PREFIX}{name}", self.kubeconfig)
 
     def endpoint(self, name: str) -> Endpoint:
         current = self._current(self.client(), name)
@@ -163,3 +196,81 @@ class KServeServing(ServingBackend):
     def _endpoint(self, name: str, version: str, status: dict) -> Endpoint:
         url = self.base_url or status.get("status", {}).get("url", "")
         return Endpoint(name=name, version=version, base_url=url.rstrip("/"))
+
+
+class KubernetesLeaseLock(ReleaseLock):
+    """The release lock as a `coordination.k8s.io/v1` Lease; the API server's resourceVersion check makes each take
+    atomic, so two Dagster runs (or pods) never both hold it."""
+
+    def __init__(self, namespace: str, lease_name: str, kubeconfig: str | None = None):
+        self.namespace, self.lease_name, self.kubeconfig = namespace, lease_name, kubeconfig
+
+    def _api(self) -> Any:
+        from kubernetes import client, config
+
+        if self.kubeconfig:
+            return client.CoordinationV1Api(config.new_client_from_config(config_file=self.kubeconfig))
+        config.load_incluster_config()
+        return client.CoordinationV1Api()
+
+    def _take(self, owner: str, ttl_s: float, renewing: bool) -> str | None:
+        """Take or extend the lease; returns the holder after the attempt (None when nobody holds it)."""
+        from kubernetes.client import V1Lease, V1LeaseSpec, V1ObjectMeta
+        from kubernetes.client.rest import ApiException
+
+        api = self._api()
+        now = datetime.now(UTC)
+        spec = V1LeaseSpec(holder_identity=owner, lease_duration_seconds=max(1, int(ttl_s + 0.999)), renew_time=now,
+                           acquire_time=now)
+        try:
+            current = api.read_namespaced_lease(self.lease_name, self.namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            if renewing:  # gone: whoever renews no longer holds it
+                return None
+            try:
+                api.create_namespaced_lease(self.namespace, V1Lease(metadata=V1ObjectMeta(name=self.lease_name), spec=spec))
+                return owner
+            except ApiException as create_exc:
+                if create_exc.status == 409:  # someone created it first
+                    return None
+                raise
+        holder = current.spec.holder_identity
+        renewed = current.spec.renew_time or current.spec.acquire_time
+        expired = renewed is None or renewed + timedelta(seconds=current.spec.lease_duration_seconds or 0) <= now
+        if holder == owner or (not renewing and (holder is None or expired)):
+            current.spec = spec
+            try:
+                api.replace_namespaced_lease(self.lease_name, self.namespace, current)  # carries resourceVersion
+                return owner
+            except ApiException as exc:
+                if exc.status == 409:  # changed under us: somebody else took it
+                    return None
+                raise
+        return holder
+
+    def acquire(self, owner: str, ttl_s: float, wait_s: float = 0.0) -> None:
+        deadline = time.monotonic() + wait_s
+        while (holder := self._take(owner, ttl_s, renewing=False)) != owner:
+            if time.monotonic() >= deadline:
+                raise ReleaseBusy(f"a release of {self.lease_name.removeprefix(LEASE_PREFIX)} is in progress by "
+                                  f"{holder or 'someone'}; one release at a time per endpoint")
+            time.sleep(1.0)
+
+    def renew(self, owner: str, ttl_s: float) -> None:
+        if self._take(owner, ttl_s, renewing=True) != owner:
+            raise ReleaseBusy(f"{owner} no longer holds the release lock {self.lease_name}")
+
+    def release(self, owner: str) -> None:
+        from kubernetes.client.rest import ApiException
+
+        api = self._api()
+        try:
+            current = api.read_namespaced_lease(self.lease_name, self.namespace)
+            if current.spec.holder_identity == owner:
+                current.spec.holder_identity = None
+                api.replace_namespaced_lease(self.lease_name, self.namespace, current)
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
