@@ -19,6 +19,10 @@ from mlops_platform.serving import protocol
 from mlops_platform.serving.metrics import COMPUTE
 from mlops_platform.serving.routing import Routing, Splitter
 
+# Requests up to this many rows are computed on the event loop when no canary is in flight (well under a millisecond
+# for a tabular model); larger ones on the revision's thread.
+INLINE_ROWS = 256
+
 # Filled in by the model while it answers; read by the middleware that times the request and counts it.
 CURRENT_REQUEST: ContextVar[dict | None] = ContextVar("mlops_current_request", default=None)
 
@@ -26,9 +30,11 @@ CURRENT_REQUEST: ContextVar[dict | None] = ContextVar("mlops_current_request", d
 class EndpointModel(Model):
     """One endpoint name answering V1 and V2; each request goes to the stable or the canary revision.
 
-    Each revision computes on its own thread, as it would in its own pod: a slow canary queues its own requests, not
-    the stable revision's, so the latency comparison stays fair; and the event loop never computes, so health checks
-    and other endpoints answer while a large request is being predicted.
+    With a canary, each revision computes on its own thread, as it would in its own pod: a slow canary queues its own
+    requests, not the stable revision's, so the latency comparison stays fair. Alone, the stable revision computes a
+    small request (the common case, well under a millisecond) on the event loop, which is cheaper and keeps the tail
+    short under concurrency; a large one goes to its thread, so health checks and other endpoints keep answering
+    while it is predicted.
     """
 
     def __init__(self, name: str, routing: Routing, stable: LoadedModel, canary: LoadedModel | None = None,
@@ -69,8 +75,12 @@ class EndpointModel(Model):
             note["revision"], note["version"] = revision, loaded.version
         v2 = isinstance(payload, InferRequest)
         matrix = protocol.parse_v2(payload, loaded.feature_names) if v2 else protocol.parse_v1(payload, loaded.feature_names)
-        pool, timer = self._threads[revision], self._timers[revision]
-        labels, proba = await asyncio.get_running_loop().run_in_executor(pool, _classify, loaded, matrix, timer)
+        timer = self._timers[revision]
+        if self.canary is None and len(matrix) <= INLINE_ROWS:
+            labels, proba = _classify(loaded, matrix, timer)
+        else:
+            labels, proba = await asyncio.get_running_loop().run_in_executor(self._threads[revision], _classify, loaded,
+                                                                             matrix, timer)
         if v2:
             return protocol.v2_response(self.name, loaded.version, payload.id, labels, proba)
         return protocol.v1_response(labels)
