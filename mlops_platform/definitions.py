@@ -10,6 +10,7 @@ from mlops_platform.defs.model_assets import build_model_assets, job_name
 from mlops_platform.defs.profiles import Profile, load_profile
 
 ALL_MODELS_JOB = "train_and_deploy_all"
+MODEL_TAG = "mlops/model"
 
 
 def model_definitions(spec: ModelSpec, profile: Profile) -> dg.Definitions:
@@ -18,6 +19,8 @@ def model_definitions(spec: ModelSpec, profile: Profile) -> dg.Definitions:
         job_name(spec),
         selection=dg.AssetSelection.groups(spec.name),
         description=f"Validate, train, register, gate, promote and serve {spec.name}.",
+        # The cloud instance queues runs with the same value of this tag one at a time (deploy/dagster/instance.yaml).
+        tags={MODEL_TAG: spec.name},
     )
     return dg.Definitions(
         assets=assets,

@@ -10,7 +10,13 @@ from typing import Any
 
 import dagster as dg
 
-from mlops_platform.defs.resources import KServeServingResource, LandingResource, LocalServingResource, MLflowResource
+from mlops_platform.defs.resources import (
+    KServeServingResource,
+    LandingResource,
+    LocalServingResource,
+    MLflowResource,
+    RunScopedPickleIOManager,
+)
 
 PROFILE_ENV = "MLOPS_PROFILE"
 HOME_ENV = "MLOPS_HOME"
@@ -80,7 +86,8 @@ def _local() -> Profile:
                 port=int(os.environ.get("MLOPS_SERVING_PORT", "8080")),
                 state_dir=str(home / "serving"),
             ),
-            "io_manager": dg.FilesystemIOManager(),
+            # One file per run and asset: concurrent runs of a model never read each other's hand-offs.
+            "io_manager": RunScopedPickleIOManager(base_dir=str(home / "dagster_io")),
         },
         executor=dg.in_process_executor,
     )

@@ -85,7 +85,9 @@ def reap_abandoned_canaries(names: Iterable[str], registry: ModelRegistry, servi
         state = serving.canary_state(name)
         if state is None or state.canary is None or state.lease is None or not state.lease.expired(now):
             continue
-        serving.set_routing(name, state.stable)
-        registry.record_canary(name, state.canary, CanaryStatus.ABANDONED, state.lease.abandoned(state.stable))
+        try:  # the registry first, so that whoever sees the canary gone also sees why, and aliases settled
+            registry.record_canary(name, state.canary, CanaryStatus.ABANDONED, state.lease.abandoned(state.stable))
+        finally:
+            serving.set_routing(name, state.stable)
         reaped.append(name)
     return reaped

@@ -6,6 +6,8 @@ Assets reach infrastructure only through these, as dagster-aws's `S3Resource` ha
 
 from __future__ import annotations
 
+import pickle
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -84,3 +86,40 @@ class KServeServingResource(ServingResource):
                              deployment_mode=self.deployment_mode, prometheus_url=self.prometheus_url,
                              base_url=self.base_url, kubeconfig=self.kubeconfig, ready_timeout_s=self.ready_timeout_s,
                              ready_poll_s=self.ready_poll_s)
+
+
+KEEP_RUNS = 20  # per asset; a run still executing is always among the newest
+
+
+class RunScopedPickleIOManager(dg.ConfigurableIOManager):
+    """Asset values pickled on the local disk, one file per run plus the latest one.
+
+    Within a run, each step reads exactly what its upstream step wrote in that run, so two runs of the same model at
+    once never read each other's hand-offs (with one file per asset they did: a run could judge another run's
+    challenger). Materializing one asset on its own reads the latest value of its upstream assets.
+    """
+
+    base_dir: str
+
+    def _folder(self, key: dg.AssetKey) -> Path:
+        return Path(self.base_dir).joinpath(*key.path)
+
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        folder = self._folder(context.asset_key)
+        (folder / "runs").mkdir(parents=True, exist_ok=True)
+        payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        for target in (folder / "runs" / f"{context.run_id}.pkl", folder / "latest.pkl"):
+            partial = target.with_name(f".{target.name}.{context.run_id}.partial")
+            partial.write_bytes(payload)
+            partial.replace(target)  # readers see a whole file or the previous one
+        for stale in sorted((folder / "runs").glob("*.pkl"), key=lambda p: p.stat().st_mtime)[:-KEEP_RUNS]:
+            stale.unlink(missing_ok=True)
+
+    def load_input(self, context: dg.InputContext) -> Any:
+        folder = self._folder(context.asset_key)
+        try:
+            run_id = context.upstream_output.run_id  # the run that wrote the upstream value, when it ran in this run
+        except (AttributeError, dg.DagsterInvariantViolationError):
+            run_id = None
+        own = folder / "runs" / f"{run_id}.pkl"
+        return pickle.loads((own if run_id and own.exists() else folder / "latest.pkl").read_bytes())

@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tracking-uri", required=True)
     parser.add_argument("--registry-uri", default=None)
     parser.add_argument("--max-body-bytes", type=int, default=None)
+    parser.add_argument("--max-rows", type=int, default=None, help="rows one request may carry (more is a 413)")
     parser.add_argument("--routing-file", default=None, help="where the stable/canary routing is persisted")
     parser.add_argument("--control-token-file", default=None,
                         help="bearer token that routing and repository changes need; without it they are switched off")
@@ -56,7 +57,10 @@ def main(argv: list[str] | None = None) -> None:
 
     # Requests are validated by the protocol layer (numbers only, right width); skip sklearn's per-call re-checks.
     sklearn.set_config(assume_finite=True, skip_parameter_validation=True)
-    repository = EndpointRepository(args.tracking_uri, args.registry_uri, args.routing_file, revision_label=args.revision)
+    from mlops_platform.serving.protocol import DEFAULT_MAX_ROWS
+
+    repository = EndpointRepository(args.tracking_uri, args.registry_uri, args.routing_file, revision_label=args.revision,
+                                    max_rows=args.max_rows or DEFAULT_MAX_ROWS)
     if args.model:
         for pinned in args.model:
             name, _, version = pinned.partition("=")
@@ -65,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         repository.restore()
     repository.watch_leases()
     token = Path(args.control_token_file).read_text().strip() if args.control_token_file else None
-    install_request_guards(model_server.app, args.max_body_bytes or DEFAULT_MAX_BODY_BYTES, control_token=token)
+    install_request_guards(model_server.app, repository, args.max_body_bytes or DEFAULT_MAX_BODY_BYTES, control_token=token)
     install_routing_api(model_server.app, repository)
     try:
         import uvloop

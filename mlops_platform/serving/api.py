@@ -7,17 +7,21 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import time
 
+import orjson
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from kserve.errors import InvalidInput
 from kserve.protocol.dataplane import DataPlane
 from pydantic import BaseModel, Field
 
-from mlops_platform.core.canary import CanaryLease
+from mlops_platform.core.canary import CanaryLease, Revision
 from mlops_platform.integrations.serving import ROUTING_PREFIX
 from mlops_platform.serving.metrics import LATENCY, REQUESTS
-from mlops_platform.serving.model import CURRENT_REQUEST
+from mlops_platform.serving.model import CURRENT_REQUEST, EndpointModel
+from mlops_platform.serving.protocol import TooManyRows
 from mlops_platform.serving.repository import EndpointRepository
 from mlops_platform.serving.routing import Routing
 
@@ -25,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 JSON_TYPES = (b"application/json", b"application/cloudevents+json")
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+LARGE_BODY_BYTES = 256 * 1024  # bodies above this are decoded on a worker thread, not on the event loop
 
 
 class VersionedDataPlane(DataPlane):
@@ -119,62 +124,103 @@ def _json(status: int, content: dict) -> JSONResponse:
     return JSONResponse(status_code=status, content=content)
 
 
-def _model_from_path(path: str) -> str:
-    # /v1/models/NAME:predict, /v1/models/NAME:explain, /v2/models/NAME/infer
-    tail = path.split("/models/", 1)[-1]
-    return tail.split(":", 1)[0].split("/", 1)[0]
+V1_PATH = re.compile(r"^/v1/models/([^/:]+):(predict|explain)$")
+V2_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/(infer|ready)$")
+UNKNOWN_MODEL = "__unknown__"  # the one metric label every unknown model name shares: labels stay bounded
+
+
+def _media_type(headers: dict) -> bytes:
+    """The media type of Content-Type, as HTTP compares it: without parameters, case-insensitive."""
+    return headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+
+
+def _with_header(scope: dict, name: bytes, value: bytes) -> dict:
+    return {**scope, "headers": [(k, v) for k, v in scope["headers"] if k != name] + [(name, value)]}
 
 
 class InferenceMiddleware:
-    """Pure ASGI (no extra task per request): content type and size guards, then end-to-end metrics."""
+    """Pure ASGI (no extra task per request) in front of KServe's inference routes.
 
-    def __init__(self, app, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
+    Content types are matched as HTTP says (parameters and case do not matter; a V2 request without one is JSON, as
+    KServe's and Triton's servers take it; the V2 binary tensor extension is let through to KServe's decoder);
+    bodies are size-limited; version paths are served by the version they name when it is loaded, else 404;
+    `:explain` is 404. Every inference request is counted by model, revision, version and status, with unknown model
+    names folded into one label, and timed unless it was the client's mistake.
+    """
+
+    def __init__(self, app, repository: EndpointRepository, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
         self.app = app
+        self.repository = repository
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope, receive, send):
-        path = scope.get("path", "") if scope["type"] == "http" else ""
-        if scope["type"] != "http" or scope["method"] != "POST" or not path.endswith((":predict", ":explain", "/infer")):
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        v1, v2 = V1_PATH.match(path), V2_PATH.match(path)
+        if not (v1 or v2):
+            return await self.app(scope, receive, send)
+        name = (v1 or v2).group(1)
+        routing = self.repository.routing_of(name)
+        pinned = None
+        if v2 and v2.group(2) is not None:  # /v2/models/NAME/versions/N/(infer|ready)
+            version = v2.group(2)
+            served = {} if routing is None else {routing.stable: Revision.STABLE, routing.canary: Revision.CANARY}
+            if version not in served or version is None:
+                where = "is not served here" if routing is None else f"serves {sorted(v for v in served if v)}"
+                return await _send_json(send, 404, {"error": f"version {version!r} of model {name!r} is not loaded; {name!r} {where}"})
+            pinned = served[version]
+            plain = f"/v2/models/{name}/{v2.group(3)}"
+            scope = {**scope, "path": plain, "raw_path": plain.encode()}
+        if scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        if v1 and v1.group(2) == "explain":
+            return await _send_json(send, 404, {"error": f"model {name!r} serves predictions only: there is no :explain; use :predict"})
         started = time.perf_counter()
-        note = {"revision": "none", "version": "", "status": 500}
-        model = _model_from_path(path)
+        note = {"revision": "none", "version": "", "status": 500, "pinned": pinned}
+        label = name if routing is not None else UNKNOWN_MODEL
         try:
-            rejected = await self._rejected(scope, receive)
-            if rejected is not None:
-                status, message, receive = rejected
-                if status:
-                    note["status"] = status
-                    await _send_json(send, status, {"error": message})
-                    return
+            refused, scope, receive = await self._admit(scope, receive, v2 is not None)
+            if refused is not None:
+                note["status"] = refused[0]
+                return await _send_json(send, *refused)
             token = CURRENT_REQUEST.set(note)
-
-            async def send_and_note(message):
-                if message["type"] == "http.response.start":
-                    note["status"] = message["status"]
-                await send(message)
-
             try:
+                model = self.repository.get_model(name)
+                if v1 and isinstance(model, EndpointModel):
+                    note["status"], body = await _predict_v1(model, receive)
+                    return await _send_bytes(send, note["status"], body)
+
+                async def send_and_note(message):
+                    if message["type"] == "http.response.start":
+                        note["status"] = message["status"]
+                    await send(message)
+
                 await self.app(scope, receive, send_and_note)
             finally:
                 CURRENT_REQUEST.reset(token)
         finally:
-            REQUESTS.labels(model, note["revision"], note["version"], str(note["status"])).inc()
+            REQUESTS.labels(label, note["revision"], note["version"], str(note["status"])).inc()
             if not 400 <= note["status"] < 500:  # a client's mistake says nothing about how fast a revision serves
-                LATENCY.labels(model, note["revision"]).observe(time.perf_counter() - started)
+                LATENCY.labels(label, note["revision"]).observe(time.perf_counter() - started)
 
-    async def _rejected(self, scope, receive):
-        """(status, message, receive) when the request must be refused, or a replayed body; None when all is well."""
+    async def _admit(self, scope, receive, is_v2: bool):
+        """((status, body), scope, receive) when the request must be refused; else (None, scope, receive) with the
+        content type made canonical and a chunked body read (up to the limit) and replayed."""
         headers = dict(scope["headers"])
-        content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if content_type not in JSON_TYPES:
-            shown = content_type.decode(errors="replace") or "none"
-            return 415, f"Content-Type must be application/json, got {shown!r}", receive
+        media = _media_type(headers)
+        binary = is_v2 and b"inference-header-content-length" in headers
+        if media in JSON_TYPES or (is_v2 and not media and not binary):
+            # KServe's V1 path compares the header byte for byte; hand it the bare media type.
+            scope = _with_header(scope, b"content-type", media or b"application/json")
+        elif not (binary and media in (b"", b"application/octet-stream")):
+            shown = media.decode(errors="replace") or "none"
+            return (415, {"error": f"Content-Type must be application/json, got {shown!r}"}), scope, receive
         length = headers.get(b"content-length")
         if length is not None:
             if length.isdigit() and int(length) > self.max_body_bytes:
-                return 413, f"request body of {int(length)} bytes exceeds the limit of {self.max_body_bytes}", receive
-            return None
+                return (413, {"error": f"request body of {int(length)} bytes exceeds the limit of {self.max_body_bytes}"}), scope, receive
+            return None, scope, receive
         # No declared length (chunked): read up to the limit, then hand the body on unchanged.
         chunks, size, more = [], 0, True
         while more:
@@ -183,7 +229,7 @@ class InferenceMiddleware:
             size += len(chunks[-1])
             more = message.get("more_body", False)
             if size > self.max_body_bytes:
-                return 413, f"request body exceeds the limit of {self.max_body_bytes} bytes", receive
+                return (413, {"error": f"request body exceeds the limit of {self.max_body_bytes} bytes"}), scope, receive
         body = b"".join(chunks)
         replayed = False
 
@@ -194,22 +240,50 @@ class InferenceMiddleware:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        return 0, "", replay
+        return None, scope, replay
 
 
-async def _send_json(send, status: int, content: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
-    body = json.dumps(content).encode()
+async def _predict_v1(model: EndpointModel, receive) -> tuple[int, bytes]:
+    """KServe's V1 predict, answered here: the same request and answer, without FastAPI's routing and KServe's
+    data plane around them, which cost more CPU than a tabular prediction. A large body is decoded off the loop."""
+    chunks, more = [], True
+    while more:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    body = b"".join(chunks)
+    try:
+        payload = orjson.loads(body) if len(body) < LARGE_BODY_BYTES else await asyncio.to_thread(orjson.loads, body)
+    except orjson.JSONDecodeError as exc:
+        return 400, orjson.dumps({"error": f"Unrecognized request format: {exc}"})
+    try:
+        return 200, orjson.dumps(await model.predict(payload), option=orjson.OPT_SERIALIZE_NUMPY)
+    except TooManyRows as exc:
+        return 413, orjson.dumps({"error": str(exc)})
+    except InvalidInput as exc:
+        return 400, orjson.dumps({"error": str(exc)})
+    except Exception as exc:  # the model failed on a well-formed request: the server's fault, and counted so
+        logger.exception("endpoint %s failed on a V1 request", model.name)
+        return 500, orjson.dumps({"error": f"{type(exc).__name__}: {exc}"})
+
+
+async def _send_bytes(send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = ()) -> None:
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]})
     await send({"type": "http.response.body", "body": body})
 
 
-def install_request_guards(app: FastAPI, max_body_bytes: int, control_token: str | None = None) -> None:
+async def _send_json(send, status: int, content: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    await _send_bytes(send, status, json.dumps(content).encode(), headers)
+
+
+def install_request_guards(app: FastAPI, repository: EndpointRepository, max_body_bytes: int,
+                           control_token: str | None = None) -> None:
     """Errors kserve would answer with a 500 (or not at all) become clear 4xx answers; requests are measured; changes
     to what serves need the control token."""
     from fastapi.exceptions import RequestValidationError
 
-    app.add_middleware(InferenceMiddleware, max_body_bytes=max_body_bytes)
+    app.add_middleware(InferenceMiddleware, repository=repository, max_body_bytes=max_body_bytes)
     app.add_middleware(ControlAuthMiddleware, token=control_token)
 
     async def validation_error(_, exc):

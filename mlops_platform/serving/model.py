@@ -38,9 +38,10 @@ class EndpointModel(Model):
     """
 
     def __init__(self, name: str, routing: Routing, stable: LoadedModel, canary: LoadedModel | None = None,
-                 stable_label: Revision = Revision.STABLE):
+                 stable_label: Revision = Revision.STABLE, max_rows: int = protocol.DEFAULT_MAX_ROWS):
         super().__init__(name)
         self.routing, self.stable, self.canary = routing, stable, canary
+        self.max_rows = max_rows
         self.stable_label = stable_label
         self._splitter = Splitter(routing.canary_percent if canary else 0)
         revisions = (stable_label, Revision.CANARY) if canary else (stable_label,)
@@ -69,24 +70,33 @@ class EndpointModel(Model):
         return protocol.output_metadata(len(self.stable.classifier.classes_))
 
     async def predict(self, payload: Any, headers: dict[str, str] | None = None, response_headers=None):
-        revision, loaded = (Revision.CANARY, self.canary) if self._splitter.next_is_canary() else (self.stable_label, self.stable)
         note = CURRENT_REQUEST.get()
+        pinned = note.get("pinned") if note is not None else None  # a version path names its revision
+        if pinned is not None:
+            canary = pinned == Revision.CANARY and self.canary is not None
+        else:
+            canary = self._splitter.next_is_canary()
+        revision, loaded = (Revision.CANARY, self.canary) if canary else (self.stable_label, self.stable)
         if note is not None:
             note["revision"], note["version"] = revision, loaded.version
         v2 = isinstance(payload, InferRequest)
-        matrix = protocol.parse_v2(payload, loaded.feature_names) if v2 else protocol.parse_v1(payload, loaded.feature_names)
-        timer = self._timers[revision]
-        if self.canary is None and len(matrix) <= INLINE_ROWS:
-            labels, proba = _classify(loaded, matrix, timer)
-        else:
-            labels, proba = await asyncio.get_running_loop().run_in_executor(self._threads[revision], _classify, loaded,
-                                                                             matrix, timer)
+        parse = protocol.parse_v2 if v2 else protocol.parse_v1
+        work = (parse, payload, loaded, self.max_rows, self._timers[revision])
+        if self.canary is None and protocol.row_count(payload) <= INLINE_ROWS:
+            labels, proba = _parse_and_classify(*work)
+        else:  # turning a large body into a matrix takes as long as predicting it: both off the loop
+            try:
+                future = asyncio.get_running_loop().run_in_executor(self._threads[revision], _parse_and_classify, *work)
+            except RuntimeError:  # the routing changed under this request and released its threads: finish here
+                future = asyncio.to_thread(_parse_and_classify, *work)
+            labels, proba = await future
         if v2:
             return protocol.v2_response(self.name, loaded.version, payload.id, labels, proba)
         return protocol.v1_response(labels)
 
 
-def _classify(loaded: LoadedModel, matrix: np.ndarray, timer) -> tuple[np.ndarray, np.ndarray]:
+def _parse_and_classify(parse, payload: Any, loaded: LoadedModel, max_rows: int, timer) -> tuple[np.ndarray, np.ndarray]:
+    matrix = parse(payload, loaded.feature_names, max_rows)
     started = time.perf_counter()
     proba = loaded.classifier.predict_proba(matrix)
     timer.observe(time.perf_counter() - started)

@@ -9,10 +9,12 @@ import threading
 import time
 
 from kserve import ModelRepository
+from kserve.errors import ModelNotFound
 
 from mlops_platform.core.canary import Revision
 from mlops_platform.integrations.registry import Alias, CanaryStatus, LoadedModel, MlflowRegistry, load_registered
 from mlops_platform.serving.model import EndpointModel
+from mlops_platform.serving.protocol import DEFAULT_MAX_ROWS
 from mlops_platform.serving.routing import Routing, RoutingStore
 
 logger = logging.getLogger(__name__)
@@ -22,8 +24,9 @@ class EndpointRepository(ModelRepository):
     """Endpoints backed by the MLflow registry; routing is applied atomically and persisted."""
 
     def __init__(self, tracking_uri: str, registry_uri: str | None = None, routing_path: str | None = None,
-                 revision_label: Revision = Revision.STABLE):
+                 revision_label: Revision = Revision.STABLE, max_rows: int = DEFAULT_MAX_ROWS):
         super().__init__(models_dir="")
+        self.max_rows = max_rows
         # In a cluster each revision is its own pod; its label says which one it is in the shared metrics.
         self.revision_label = Revision(revision_label)
         self.registry = MlflowRegistry(tracking_uri, registry_uri)
@@ -43,7 +46,7 @@ class EndpointRepository(ModelRepository):
         with self._lock:
             stable = self._version(name, routing.stable)
             canary = self._version(name, routing.canary) if routing.canary else None
-            model = EndpointModel(name, routing, stable, canary, stable_label=self.revision_label)
+            model = EndpointModel(name, routing, stable, canary, stable_label=self.revision_label, max_rows=self.max_rows)
             previous = self.get_model(name)
             self.update(model)
             if isinstance(previous, EndpointModel):
@@ -84,13 +87,14 @@ class EndpointRepository(ModelRepository):
                 routing = self.routing_of(name)
                 if routing is None or routing.canary is None or routing.lease is None or not routing.lease.expired(now):
                     continue
-                self.apply(name, Routing(routing.stable))
-            reason = routing.lease.abandoned(routing.stable)
-            logger.warning("endpoint %s: canary %s abandoned: %s", name, routing.canary, reason)
-            try:
-                self.registry.record_canary(name, routing.canary, CanaryStatus.ABANDONED, reason)
-            except Exception:  # the routing is safe already; the tag is the record of why
-                logger.exception("could not tag abandoned canary %s of %s", routing.canary, name)
+                reason = routing.lease.abandoned(routing.stable)
+                logger.warning("endpoint %s: canary %s abandoned: %s", name, routing.canary, reason)
+                try:  # the registry first, so that whoever sees the canary gone also sees why, and aliases settled
+                    self.registry.record_canary(name, routing.canary, CanaryStatus.ABANDONED, reason)
+                except Exception:
+                    logger.exception("could not tag abandoned canary %s of %s", routing.canary, name)
+                finally:
+                    self.apply(name, Routing(routing.stable))
             reaped.append(name)
         return reaped
 
@@ -110,7 +114,9 @@ class EndpointRepository(ModelRepository):
         return thread
 
     def _load_champion(self, name: str) -> None:
-        champion = str(self.client.get_model_version_by_alias(name, Alias.CHAMPION).version)
+        champion = self.registry.version_for(name, Alias.CHAMPION)
+        if champion is None:
+            raise ModelNotFound(name)
         with self._lock:
             current = self.routing_of(name)
             keep_canary = current is not None and current.canary not in (None, champion)

@@ -8,10 +8,12 @@ import logging
 from fastapi import FastAPI
 from kserve import ModelServer
 from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
-from kserve.errors import InvalidInput, ModelNotFound
+from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
+from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from kserve.protocol.rest.server import RESTServer
 
 from mlops_platform.serving.api import VersionedDataPlane, quiet_handler
+from mlops_platform.serving.protocol import TooManyRows
 from mlops_platform.serving.repository import EndpointRepository
 
 
@@ -31,8 +33,20 @@ class LoopbackRESTServer(RESTServer):
         super()._add_exception_handlers(app)
         # kserve logs a full traceback at ERROR for every 400 and 404: a flood of bad requests would then cost more CPU
         # in logging than in serving. Same answers, one debug line each.
-        for error, status in ((InvalidInput, 400), (ModelNotFound, 404)):
+        for error, status in ((InvalidInput, 400), (TooManyRows, 413), (ModelNotFound, 404)):
             app.add_exception_handler(error, quiet_handler(status))
+
+
+class PlatformRepositoryExtension(ModelRepositoryExtension):
+    """KServe's repository extension, except that loading a model the registry does not know is a 404, not a 503."""
+
+    async def load(self, model_name: str) -> None:
+        try:
+            await self._model_registry.load(model_name)
+        except ModelNotFound:
+            raise
+        except Exception as exc:
+            raise ModelNotReady(model_name, f"{type(exc).__name__}: {exc}") from exc
 
 
 class PlatformModelServer(ModelServer):
@@ -41,6 +55,7 @@ class PlatformModelServer(ModelServer):
     def __init__(self, host: str, repository: EndpointRepository, **kwargs):
         super().__init__(registered_models=repository, enable_grpc=False, **kwargs)
         self.host = host
+        self.model_repository_extension = PlatformRepositoryExtension(model_registry=repository)
         self.dataplane = VersionedDataPlane(model_registry=repository)
 
     def start(self, models=()) -> None:

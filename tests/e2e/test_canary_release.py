@@ -185,5 +185,5 @@ def test_kserve_repository_extension_reloads_the_current_champion(champion):
     assert response.status_code == 200 and response.json() == {"name": NAME, "load": True}
     assert routing() == {"stable": stable, "canary": None, "canary_percent": 0}
     missing = requests.post(f"{backend.base_url}/v2/repository/models/no-such-model/load", headers=auth, timeout=60)
-    # KServe's repository extension answers a model it cannot load with 503 ModelNotReady, naming the model.
-    assert missing.status_code == 503 and "no-such-model" in missing.json()["error"]
+    # A model the registry does not know is not found (404), naming the model; KServe itself would say 503.
+    assert missing.status_code == 404 and "no-such-model" in missing.json()["error"]
