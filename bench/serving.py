@@ -1,7 +1,7 @@
 """Serving benchmark: our KServe runtime against `mlflow models serve --env-manager local`, same registered model.
 
 Both servers run on loopback in this one run and are loaded with wrk (one thread, keep-alive, a Lua POST script) at
-concurrency 1 and 16 with 1-row and 100-row requests. Reports req/s, p50, p99, server CPU time per request (the
+concurrency 1, 16 and 64 with 1-row and 100-row requests. Reports req/s, p50, p99, server CPU time per request (the
 server process and its children), and the in-process floor: JSON decode + predict + JSON encode. Ends with one JSON line.
 
     python bench/serving.py [--seconds 5]
@@ -85,7 +85,7 @@ def main() -> None:
             results: dict = {}
             for server, (url, make_body, pid) in targets.items():
                 for n_rows, r in bodies.items():
-                    for connections in (1, 16):
+                    for connections in (1, 16, 64):
                         results[f"{server}/rows{n_rows}/c{connections}"] = wrk(url, make_body(r), connections, args.seconds, pid)
         finally:
             os.killpg(mlflow_serve.pid, 15)
@@ -100,6 +100,7 @@ def main() -> None:
         "in_process_floor_us": {f"rows{n}": v for n, v in floors.items()},
         "c16_rows1_req_per_s_ratio": round(ours["req_per_s"] / theirs["req_per_s"], 2),
         "c16_rows1_p99_ms": {"kserve_runtime": ours["p99_ms"], "mlflow_serve": theirs["p99_ms"]},
+        "c16_rows1_cpu_over_floor": round(ours["server_cpu_us_per_req"] / floors[1], 2),
         "rows1_v1_server_cpu_us": results["kserve_runtime/rows1/c1"]["server_cpu_us_per_req"],
         "targets": {"req_per_s_ratio_c16": 2.0, "server_cpu_us_rows1_v1": 450},
     }

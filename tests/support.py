@@ -62,9 +62,11 @@ def breast_cancer() -> ModelSpec:
 
 
 def fast(spec: ModelSpec, **canary: float) -> ModelSpec:
-    """The spec with short canary and watch windows, so a test run takes seconds, not tens of seconds."""
+    """The spec with short canary and watch windows, so a test run takes seconds, not tens of seconds. A canary must be
+    5 ms slower, not 1, before latency alone rolls it back: sub-millisecond timings jitter on a loaded 2-core box."""
     return spec.model_copy(update={
-        "canary": CanarySpec(**{"window_seconds": 1.5, "min_requests": 20, "max_window_seconds": 6.0, "replay_rps": 200, **canary}),
+        "canary": CanarySpec(**{"window_seconds": 1.5, "min_requests": 20, "max_window_seconds": 6.0, "replay_rps": 200,
+                                "min_latency_increase_ms": 5.0, **canary}),
         "slo": SloSpec(watch_seconds=1.5, min_requests=20),
     })
 
