@@ -165,9 +165,11 @@ class InferenceMiddleware:
         pinned = None
         if v2 and v2.group(2) is not None:  # /v2/models/NAME/versions/N/(infer|ready)
             version = v2.group(2)
-            served = {} if routing is None else {routing.stable: Revision.STABLE, routing.canary: Revision.CANARY}
-            if version not in served or version is None:
-                where = "is not served here" if routing is None else f"serves {sorted(v for v in served if v)}"
+            served = {}
+            if routing is not None:
+                served = {routing.stable: Revision.STABLE, **({routing.canary: Revision.CANARY} if routing.canary else {})}
+            if version not in served:
+                where = "is not served here" if routing is None else f"serves {sorted(served)}"
                 return await _send_json(send, 404, {"error": f"version {version!r} of model {name!r} is not loaded; {name!r} {where}"})
             pinned = served[version]
             plain = f"/v2/models/{name}/{v2.group(3)}"

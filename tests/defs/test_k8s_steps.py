@@ -95,7 +95,7 @@ def test_cloud_instance_config_launches_on_kubernetes_and_caps_gpu_steps(monkeyp
     from dagster._core.instance.config import dagster_instance_config
     from dagster_k8s import K8sRunLauncher
 
-    from tests.conftest import REPO
+    from tests.support import REPO
 
     config, _ = dagster_instance_config(str(REPO / "deploy" / "dagster"), "instance.yaml")
     assert config["run_launcher"]["class"] == "K8sRunLauncher"
