@@ -92,10 +92,27 @@ class GateSpec(_Strict):
     max_regression: float = Field(0.01, ge=0.0)
 
 
+class BatchingSpec(_Strict):
+    """Adaptive batching of a model's requests, per revision (see `mlops_platform/serving/batching.py`)."""
+
+    enabled: bool = True
+    max_batch_rows: int = Field(64, ge=1, le=100_000)
+    max_delay_ms: float = Field(0.0, ge=0.0, le=1000.0, description="Wait this long for company; 0 batches only "
+                                "what arrives while the revision is busy, adding no latency.")
+    max_queue_rows: int = Field(8192, ge=1, description="Rows waiting per revision before requests get 503.")
+
+    @model_validator(mode="after")
+    def _queue_holds_a_batch(self) -> BatchingSpec:
+        if self.max_queue_rows < self.max_batch_rows:
+            raise ValueError("max_queue_rows must be at least max_batch_rows")
+        return self
+
+
 class ServingSpec(_Strict):
     """How the champion is served."""
 
     name: str | None = None
+    batching: BatchingSpec = Field(default_factory=BatchingSpec)
 
     @field_validator("name")
     @classmethod

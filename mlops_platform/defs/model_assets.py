@@ -11,7 +11,7 @@ import pandas as pd
 from mlops_platform.core import data, evaluation, training
 from mlops_platform.core.canary import Outcome
 from mlops_platform.core.spec import ModelSpec
-from mlops_platform.defs.release import begin_release, guard_champion, release_canary, release_ttl
+from mlops_platform.defs.release import batching, begin_release, guard_champion, release_canary, release_ttl
 from mlops_platform.defs.resources import LandingResource, MLflowResource, ServingResource
 from mlops_platform.defs.types import (
     CanaryRelease,
@@ -240,7 +240,7 @@ def build_model_assets(spec: ModelSpec, gpu_step_tags: dict | None = None, cpu_s
         try:
             lock.renew(owner, release_ttl(spec))  # a release that lost its lock must not promote
             previous = mlflow.get_registry().promote(spec.registered_name, release.version)
-            backend.deploy(spec.registered_name, release.version)
+            backend.deploy(spec.registered_name, release.version, batching=batching(spec))
         except BaseException:
             lock.release(owner)
             raise

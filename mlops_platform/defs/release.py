@@ -15,6 +15,11 @@ from mlops_platform.integrations.registry import CanaryStatus, ModelRegistry
 from mlops_platform.integrations.serving import Endpoint, ReleaseLock, ServingBackend
 
 
+def batching(spec: ModelSpec) -> dict:
+    """The spec's batching settings as the serving backends take them."""
+    return spec.serving.batching.model_dump()
+
+
 def release_ttl(spec: ModelSpec) -> float:
     """How long one release may hold its model's lock between renewals: the canary's longest window, the champion's
     watch, and the margin."""
@@ -42,7 +47,7 @@ def release_canary(spec: ModelSpec, registry: ModelRegistry, serving: ServingBac
     else:
         started = time.perf_counter()
         lease = CanaryLease(owner, time.time() + spec.canary.max_window_seconds + spec.canary.lease_margin_seconds)
-        serving.set_routing(name, stable, version, spec.canary.traffic_percent, lease=lease)
+        serving.set_routing(name, stable, version, spec.canary.traffic_percent, lease=lease, batching=batching(spec))
         verdict = None
         try:
             with serving.replay(name, rows, spec.canary.replay_rps):
@@ -72,8 +77,8 @@ def guard_champion(spec: ModelSpec, registry: ModelRegistry, serving: ServingBac
         verdict = canary.watch(lambda: serving.snapshot(name), spec.slo.thresholds())
     if verdict.outcome == Outcome.ROLLBACK and previous is not None:
         registry.demote(name, version, previous, reason=verdict.reason)
-        return verdict, serving.deploy(name, previous)
-    return verdict, serving.deploy(name, version)
+        return verdict, serving.deploy(name, previous, batching=batching(spec))
+    return verdict, serving.deploy(name, version, batching=batching(spec))
 
 
 def reap_abandoned_canaries(names: Iterable[str], registry: ModelRegistry, serving: ServingBackend,

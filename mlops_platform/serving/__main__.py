@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 from pathlib import Path
 
 from kserve import model_server
@@ -29,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="bearer token that routing and repository changes need; without it they are switched off")
     parser.add_argument("--model", action="append", default=[], metavar="NAME=VERSION",
                         help="serve this registered version (in a cluster, one predictor pod per revision)")
+    parser.add_argument("--batching", default=None, metavar="JSON",
+                        help="batching of the --model endpoints, e.g. '{\"max_batch_rows\": 64}'; off without it")
     parser.add_argument("--revision", default=Revision.STABLE, choices=list(Revision), type=Revision,
                         help="the revision label this server's requests carry in its metrics")
     return parser
@@ -44,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     import sklearn
 
     from mlops_platform.serving.api import DEFAULT_MAX_BODY_BYTES, install_request_guards, install_routing_api
+    from mlops_platform.serving.batching import BatchSettings
     from mlops_platform.serving.repository import EndpointRepository
     from mlops_platform.serving.routing import Routing
     from mlops_platform.serving.server import PlatformModelServer
@@ -62,9 +66,10 @@ def main(argv: list[str] | None = None) -> None:
     repository = EndpointRepository(args.tracking_uri, args.registry_uri, args.routing_file, revision_label=args.revision,
                                     max_rows=args.max_rows or DEFAULT_MAX_ROWS)
     if args.model:
+        batching = BatchSettings.from_spec(json.loads(args.batching)) if args.batching else None
         for pinned in args.model:
             name, _, version = pinned.partition("=")
-            repository.apply(name, Routing(stable=version))
+            repository.apply(name, Routing(stable=version, batching=batching))
     else:
         repository.restore()
     repository.watch_leases()

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from mlops_platform.core.canary import CanaryLease, Revision
 from mlops_platform.integrations.serving import ROUTING_PREFIX
+from mlops_platform.serving.batching import BatchSettings, ServerBusy
 from mlops_platform.serving.metrics import LATENCY, REQUESTS
 from mlops_platform.serving.model import CURRENT_REQUEST, EndpointModel
 from mlops_platform.serving.protocol import TooManyRows
@@ -48,11 +49,19 @@ class LeaseBody(BaseModel):
     seconds: float = Field(gt=0, le=24 * 3600)
 
 
+class BatchingBody(BaseModel):
+    enabled: bool = True
+    max_batch_rows: int = Field(64, ge=1)
+    max_delay_ms: float = Field(0.0, ge=0, le=1000)
+    max_queue_rows: int = Field(8192, ge=1)
+
+
 class RoutingBody(BaseModel):
     stable: str
     canary: str | None = None
     canary_percent: int = Field(0, ge=0, le=100)
     lease: LeaseBody | None = None
+    batching: BatchingBody | None = Field(None, description="absent: keep the endpoint's batching as it is")
     force: bool = Field(False, description="serve versions that did not pass the quality gate (logged)")
 
 
@@ -78,8 +87,12 @@ def install_routing_api(app: FastAPI, repository: EndpointRepository) -> None:
         if not_numbers:
             return _json(400, {"error": f"versions must be registered version numbers, not {not_numbers}"})
         lease = CanaryLease(body.lease.owner, time.time() + body.lease.seconds) if body.lease else None
+        current = repository.routing_of(name)
+        batching = current.batching if current is not None else None
         try:
-            routing = Routing(body.stable, body.canary, body.canary_percent, lease)
+            if body.batching is not None:
+                batching = BatchSettings.from_spec(body.batching.model_dump())
+            routing = Routing(body.stable, body.canary, body.canary_percent, lease, batching)
         except ValueError as exc:
             return _json(400, {"error": str(exc)})
         if body.force:
@@ -190,7 +203,11 @@ class InferenceMiddleware:
             try:
                 model = self.repository.get_model(name)
                 if v1 and isinstance(model, EndpointModel):
-                    note["status"], body = await _predict_v1(model, receive)
+                    try:
+                        note["status"], body = await _predict_v1(model, receive)
+                    except ServerBusy as exc:
+                        note["status"] = 503
+                        return await _send_json(send, 503, {"error": str(exc)}, busy_headers(exc))
                     return await _send_bytes(send, note["status"], body)
 
                 async def send_and_note(message):
@@ -260,6 +277,8 @@ async def _predict_v1(model: EndpointModel, receive) -> tuple[int, bytes]:
         return 400, orjson.dumps({"error": f"Unrecognized request format: {exc}"})
     try:
         return 200, orjson.dumps(await model.predict(payload), option=orjson.OPT_SERIALIZE_NUMPY)
+    except ServerBusy:
+        raise  # answered by the caller, with Retry-After
     except TooManyRows as exc:
         return 413, orjson.dumps({"error": str(exc)})
     except InvalidInput as exc:
@@ -295,6 +314,15 @@ def install_request_guards(app: FastAPI, repository: EndpointRepository, max_bod
         return _json(400, {"error": f"invalid request body{f' at {where}' if where else ''}: {message}"})
 
     app.add_exception_handler(RequestValidationError, validation_error)
+
+
+def busy_headers(exc: ServerBusy) -> list[tuple[bytes, bytes]]:
+    return [(b"retry-after", str(exc.retry_after_s).encode())]
+
+
+async def busy_handler(_, exc: ServerBusy) -> JSONResponse:
+    """A full queue: 503 with Retry-After, counted as the server's in the metrics."""
+    return JSONResponse(status_code=503, content={"error": str(exc)}, headers={"Retry-After": str(exc.retry_after_s)})
 
 
 def quiet_handler(status: int):

@@ -16,6 +16,7 @@ from mlops_platform.core.canary import Revision
 from mlops_platform.core.training import labels_from_proba
 from mlops_platform.integrations.registry import LoadedModel
 from mlops_platform.serving import protocol
+from mlops_platform.serving.batching import RevisionBatcher
 from mlops_platform.serving.metrics import COMPUTE
 from mlops_platform.serving.routing import Routing, Splitter
 
@@ -46,6 +47,10 @@ class EndpointModel(Model):
         self._splitter = Splitter(routing.canary_percent if canary else 0)
         revisions = (stable_label, Revision.CANARY) if canary else (stable_label,)
         self._threads = {rev: ThreadPoolExecutor(1, thread_name_prefix=f"{name}-{rev}") for rev in revisions}
+        loaded_by_revision = {stable_label: stable, Revision.CANARY: canary}
+        self._batchers = {rev: RevisionBatcher(f"{name} {rev}", loaded_by_revision[rev], COMPUTE.labels(name, rev),
+                                               routing.batching, self._threads[rev], INLINE_ROWS if canary is None else 0)
+                          for rev in revisions} if routing.batching else {}
         # Histogram children resolved once here, not per request on the hot path.
         self._timers = {rev: COMPUTE.labels(name, rev) for rev in (stable_label, Revision.CANARY)}
         self.ready = True
@@ -81,6 +86,16 @@ class EndpointModel(Model):
             note["revision"], note["version"] = revision, loaded.version
         v2 = isinstance(payload, InferRequest)
         parse = protocol.parse_v2 if v2 else protocol.parse_v1
+        if self._batchers:
+            if protocol.row_count(payload) <= INLINE_ROWS:
+                matrix = parse(payload, loaded.feature_names, self.max_rows)
+            else:
+                matrix = await asyncio.get_running_loop().run_in_executor(None, parse, payload, loaded.feature_names,
+                                                                          self.max_rows)
+            labels, proba = await self._batchers[revision].submit(matrix)
+            if v2:
+                return protocol.v2_response(self.name, loaded.version, payload.id, labels, proba)
+            return protocol.v1_response(labels)
         work = (parse, payload, loaded, self.max_rows, self._timers[revision])
         if self.canary is None and protocol.row_count(payload) <= INLINE_ROWS:
             labels, proba = _parse_and_classify(*work)

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mlops_platform.core.canary import CanaryLease
+from mlops_platform.serving.batching import BatchSettings
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class Routing:
     canary: str | None = None
     canary_percent: int = 0
     lease: CanaryLease | None = None
+    batching: BatchSettings | None = None  # None: every request predicted on its own
 
     def __post_init__(self):
         if not 0 <= self.canary_percent <= 100:
@@ -28,15 +30,16 @@ class Routing:
 
     def to_dict(self) -> dict:
         out = asdict(self)
-        if self.lease is None:
-            del out["lease"]
+        for optional in ("lease", "batching"):
+            if out[optional] is None:
+                del out[optional]
         return out
 
     @classmethod
     def from_dict(cls, raw: dict) -> Routing:
-        lease = raw.get("lease")
+        lease, batching = raw.get("lease"), raw.get("batching")
         return cls(raw["stable"], raw.get("canary"), raw.get("canary_percent", 0),
-                   CanaryLease(**lease) if lease else None)
+                   CanaryLease(**lease) if lease else None, BatchSettings(**batching) if batching else None)
 
 
 class Splitter:

@@ -12,7 +12,8 @@ from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
 from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from kserve.protocol.rest.server import RESTServer
 
-from mlops_platform.serving.api import VersionedDataPlane, quiet_handler
+from mlops_platform.serving.api import VersionedDataPlane, busy_handler, quiet_handler
+from mlops_platform.serving.batching import ServerBusy
 from mlops_platform.serving.protocol import TooManyRows
 from mlops_platform.serving.repository import EndpointRepository
 
@@ -35,6 +36,7 @@ class LoopbackRESTServer(RESTServer):
         # in logging than in serving. Same answers, one debug line each.
         for error, status in ((InvalidInput, 400), (TooManyRows, 413), (ModelNotFound, 404)):
             app.add_exception_handler(error, quiet_handler(status))
+        app.add_exception_handler(ServerBusy, busy_handler)
 
 
 class PlatformRepositoryExtension(ModelRepositoryExtension):

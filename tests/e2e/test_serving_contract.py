@@ -167,3 +167,47 @@ def test_health_answers_while_a_maximum_size_request_computes(served):
     worker.join()
     assert done == [200] * 10 and len(latencies) >= 10
     assert np.percentile(latencies, 99) < 0.05, f"p99 {np.percentile(latencies, 99) * 1000:.1f} ms"
+
+
+def test_batching_on_and_off_give_identical_predictions(served):
+    info = served["breast_cancer"]
+    backend = serving()
+    rows = data.bundled_batches(SPECS["breast_cancer"].dataset, 1)[0][SPECS["breast_cancer"].dataset.features]
+    bodies = [{"instances": rows.iloc[i:i + 3].to_numpy(dtype=float).tolist()} for i in range(0, 120, 3)]
+
+    def answers() -> list:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(16) as pool:
+            return list(pool.map(lambda b: post(f"/v1/models/{info['name']}:predict", b).json()["predictions"], bodies))
+
+    try:
+        backend.set_routing(info["name"], info["version"], batching={"enabled": False})
+        unbatched = answers()
+        backend.set_routing(info["name"], info["version"], batching={"enabled": True, "max_batch_rows": 32,
+                                                                     "max_delay_ms": 2.0, "max_queue_rows": 8192})
+        assert requests.get(f"{serving().base_url}/mlops/v1/endpoints/{info['name']}/routing", timeout=5).json()["batching"]
+        assert answers() == unbatched
+    finally:
+        backend.set_routing(info["name"], info["version"], batching=SPECS["breast_cancer"].serving.batching.model_dump())
+
+
+def test_a_full_queue_answers_503_with_retry_after(served):
+    info = served["digits"]
+    backend = serving()
+    big = {"instances": (np.tile(np.asarray(info["rows"]), (75, 1))).tolist()}  # 300 rows: predicted on the thread
+    try:
+        backend.set_routing(info["name"], info["version"], batching={"enabled": True, "max_batch_rows": 300,
+                                                                     "max_delay_ms": 0.0, "max_queue_rows": 600})
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(12) as pool:
+            responses = list(pool.map(lambda _: post(f"/v1/models/{info['name']}:predict", big), range(36)))
+    finally:
+        backend.set_routing(info["name"], info["version"], batching=SPECS["digits"].serving.batching.model_dump())
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) == {200, 503}, statuses
+    refused = next(r for r in responses if r.status_code == 503)
+    assert int(refused.headers["retry-after"]) >= 1 and "rows waiting" in refused.json()["error"]
+    exposition = requests.get(f"{serving().base_url}/metrics", timeout=10).text
+    assert f'code="503",model="{info["name"]}"' in exposition

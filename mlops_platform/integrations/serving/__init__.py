@@ -77,9 +77,10 @@ class ServingBackend(ABC):
 
     @abstractmethod
     def set_routing(self, name: str, stable: str, canary: str | None = None, canary_percent: int = 0, *,
-                    lease: CanaryLease | None = None, force: bool = False) -> None:
+                    lease: CanaryLease | None = None, force: bool = False, batching: dict | None = None) -> None:
         """Serve `stable`, and `canary` to `canary_percent` of requests until its lease runs out. Only versions that
-        passed the quality gate serve, unless `force`."""
+        passed the quality gate serve, unless `force`. `batching` (the spec's `serving.batching`) replaces the
+        endpoint's batching; without it the endpoint keeps what it has."""
 
     @abstractmethod
     def canary_state(self, name: str) -> CanaryState | None:
@@ -90,7 +91,7 @@ class ServingBackend(ABC):
         """The lock that keeps releases of one endpoint from interleaving."""
 
     @abstractmethod
-    def deploy(self, name: str, version: str, *, force: bool = False) -> Endpoint:
+    def deploy(self, name: str, version: str, *, force: bool = False, batching: dict | None = None) -> Endpoint:
         """Serve `version` as the only (stable) revision at 100%."""
 
     @abstractmethod

@@ -41,7 +41,8 @@ class DeploymentMode(StrEnum):
 
 
 def predictor_spec(name: str, version: str, revision: Revision, *, image: str, tracking_uri: str,
-                   service_account: str | None, canary_traffic_percent: int | None = None) -> Any:
+                   service_account: str | None, canary_traffic_percent: int | None = None,
+                   batching: dict | None = None) -> Any:
     """Our runtime as a custom predictor container, pinned to one registered version and labelled with its revision."""
     from kserve import V1beta1PredictorSpec
     from kubernetes.client import V1Container, V1ContainerPort, V1EnvVar, V1ResourceRequirements
@@ -50,7 +51,8 @@ def predictor_spec(name: str, version: str, revision: Revision, *, image: str, t
         name="kserve-container",
         image=image,
         args=["--host", "0.0.0.0", "--port", str(RUNTIME_PORT), "--tracking-uri", tracking_uri,
-              "--model", f"{name}={version}", "--revision", str(revision)],
+              "--model", f"{name}={version}", "--revision", str(revision),
+              *(["--batching", json.dumps(batching, sort_keys=True)] if batching else [])],
         env=[V1EnvVar(name="MLOPS_MODEL_VERSION", value=version)],
         ports=[V1ContainerPort(container_port=RUNTIME_PORT, protocol="TCP")],
         resources=V1ResourceRequirements(requests={"cpu": "500m", "memory": "1Gi"}, limits={"memory": "2Gi"}),
@@ -62,13 +64,13 @@ def predictor_spec(name: str, version: str, revision: Revision, *, image: str, t
 def inference_service(name: str, stable: str, canary: str | None, canary_percent: int, *, namespace: str, image: str,
                       tracking_uri: str, service_account: str | None = None,
                       mode: DeploymentMode = DeploymentMode.STANDARD, serverless_percent: int | None = None,
-                      lease: CanaryLease | None = None) -> Any:
+                      lease: CanaryLease | None = None, batching: dict | None = None) -> Any:
     """The whole InferenceService for one endpoint and its routing; the routing and the canary's lease are also kept
     in an annotation, where the lease reaper reads them."""
     from kserve import V1beta1CanarySpec, V1beta1InferenceService, V1beta1InferenceServiceSpec, constants
     from kubernetes.client import V1ObjectMeta
 
-    common = {"image": image, "tracking_uri": tracking_uri, "service_account": service_account}
+    common = {"image": image, "tracking_uri": tracking_uri, "service_account": service_account, "batching": batching}
     if mode == DeploymentMode.STANDARD:
         spec = V1beta1InferenceServiceSpec(
             predictor=predictor_spec(name, stable, Revision.STABLE, **common),
@@ -87,12 +89,16 @@ def inference_service(name: str, stable: str, canary: str | None, canary_percent
         metadata=V1ObjectMeta(
             name=name, namespace=namespace,
             annotations={"serving.kserve.io/deploymentMode": str(mode),
-                         ROUTING_ANNOTATION: json.dumps({"stable": stable, "canary": canary,
+                         ROUTING_ANNOTATION: json.dumps({"stable": stable, "canary": canary, "batching": batching,
                                                          "lease": asdict(lease) if lease and canary else None})},
             labels={"app.kubernetes.io/part-of": "mlops-platform", "mlops.platform/model": name},
         ),
         spec=spec,
     )
+
+
+def _routing_annotation(isvc: dict) -> dict:
+    return json.loads(isvc.get("metadata", {}).get("annotations", {}).get(ROUTING_ANNOTATION) or "{}")
 
 
 def _version_arg(predictor: dict, name: str) -> str | None:
@@ -132,12 +138,15 @@ class KServeServing(ServingBackend):
             raise
 
     def _apply(self, name: str, stable: str, canary: str | None, canary_percent: int, serverless_percent: int | None,
-               lease: CanaryLease | None = None) -> dict:
+               lease: CanaryLease | None = None, batching: dict | None = None) -> dict:
         client = self.client()
+        current = self._current(client, name)
+        if batching is None and current is not None:  # keep what runs: changed arguments would restart the pods
+            batching = _routing_annotation(current).get("batching")
         isvc = inference_service(name, stable, canary, canary_percent, namespace=self.namespace, image=self.image,
                                  tracking_uri=self.tracking_uri, service_account=self.service_account,
-                                 mode=self.mode, serverless_percent=serverless_percent, lease=lease)
-        if self._current(client, name) is None:
+                                 mode=self.mode, serverless_percent=serverless_percent, lease=lease, batching=batching)
+        if current is None:
             client.create(isvc, namespace=self.namespace)
         else:
             client.patch(name, isvc, namespace=self.namespace)
@@ -146,13 +155,13 @@ class KServeServing(ServingBackend):
         return client.get(name, namespace=self.namespace)
 
     def set_routing(self, name: str, stable: str, canary: str | None = None, canary_percent: int = 0, *,
-                    lease: CanaryLease | None = None, force: bool = False) -> None:
+                    lease: CanaryLease | None = None, force: bool = False, batching: dict | None = None) -> None:
         # Who may patch InferenceServices is Kubernetes RBAC's to say (the Dagster service account); `force` is for
         # the local control API's quality-gate check and has nothing to switch off here.
         if self.mode == DeploymentMode.STANDARD:
-            self._apply(name, stable, canary, canary_percent, None, lease)
+            self._apply(name, stable, canary, canary_percent, None, lease, batching)
         elif canary is not None:
-            self._apply(name, stable, canary, canary_percent, canary_percent, lease)
+            self._apply(name, stable, canary, canary_percent, canary_percent, lease, batching)
         else:
             # Knative keeps the previous rolled-out revision: 0% to the candidate is the documented rollback.
             current = self._current(self.client(), name)
@@ -160,20 +169,20 @@ class KServeServing(ServingBackend):
             rolling_back = candidate not in (None, stable)
             self._apply(name, stable, candidate if rolling_back else None, 0, 0 if rolling_back else None)
 
-    def deploy(self, name: str, version: str, *, force: bool = False) -> Endpoint:
+    def deploy(self, name: str, version: str, *, force: bool = False, batching: dict | None = None) -> Endpoint:
         if self.mode == DeploymentMode.SERVERLESS:
             current = self._current(self.client(), name)
             if current is not None and current["spec"]["predictor"].get("canaryTrafficPercent") is not None:
-                status = self._apply(name, version, version, 100, 100)  # promotion: the candidate takes 100%
+                status = self._apply(name, version, version, 100, 100, batching=batching)  # promotion: candidate at 100%
                 return self._endpoint(name, version, status)
-        status = self._apply(name, version, None, 0, None)
+        status = self._apply(name, version, None, 0, None, batching=batching)
         return self._endpoint(name, version, status)
 
     def canary_state(self, name: str) -> CanaryState | None:
         current = self._current(self.client(), name)
         if current is None:
             return None
-        raw = json.loads(current.get("metadata", {}).get("annotations", {}).get(ROUTING_ANNOTATION) or "null")
+        raw = _routing_annotation(current) or None
         if raw is None:  # created before routing was recorded: the predictor is all there is
             return CanaryState(_version_arg(current["spec"]["predictor"], name) or "")
         return CanaryState(raw["stable"], raw.get("canary"), CanaryLease(**raw["lease"]) if raw.get("lease") else None)

@@ -286,9 +286,11 @@ class LocalServing(ServingBackend):
         return FileReleaseLock(self.process.state_dir / "locks" / f"{name}.json", name)
 
     def set_routing(self, name: str, stable: str, canary: str | None = None, canary_percent: int = 0, *,
-                    lease: CanaryLease | None = None, force: bool = False) -> None:
+                    lease: CanaryLease | None = None, force: bool = False, batching: dict | None = None) -> None:
         self.process.ensure_running()
         body = {"stable": stable, "canary": canary, "canary_percent": canary_percent, "force": force}
+        if batching is not None:
+            body["batching"] = batching
         if lease is not None:
             body["lease"] = {"owner": lease.owner, "seconds": max(lease.deadline - time.time(), 0.001)}
         response = requests.put(f"{self.base_url}{ROUTING_PREFIX}/{name}/routing", json=body, timeout=120,
@@ -303,9 +305,9 @@ class LocalServing(ServingBackend):
         response.raise_for_status()
         return response.json().get("versions", [])
 
-    def deploy(self, name: str, version: str, *, force: bool = False) -> Endpoint:
+    def deploy(self, name: str, version: str, *, force: bool = False, batching: dict | None = None) -> Endpoint:
         """Serve `version` alone; the server swaps it in place, no restart, and reports what it serves."""
-        self.set_routing(name, version, force=force)
+        self.set_routing(name, version, force=force, batching=batching)
         served = self._served_versions(name)
         if served != [version]:
             raise RuntimeError(f"model server serves {name} versions {served}, expected [{version!r}]")
