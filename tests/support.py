@@ -22,7 +22,7 @@ from mlops_platform.integrations.serving.local import LocalServing
 from mlops_platform.integrations.storage import LandingStore
 
 REPO = Path(__file__).resolve().parents[1]
-HOME_ENV = ("MLOPS_HOME", "DAGSTER_HOME", "MLOPS_SERVING_PORT", "MLOPS_PROFILE", "MLOPS_MODELS_DIR")
+HOME_ENV = ("MLOPS_HOME", "DAGSTER_HOME", "MLOPS_SERVING_PORT", "MLOPS_GRPC_PORT", "MLOPS_PROFILE", "MLOPS_MODELS_DIR")
 
 
 def free_port() -> int:
@@ -40,7 +40,7 @@ def platform_home(base: Path | None = None) -> Iterator[Path]:
     shutil.copy(REPO / "dagster.yaml", home / "dagster_home" / "dagster.yaml")
     saved = {key: os.environ.get(key) for key in HOME_ENV}
     os.environ.update(MLOPS_HOME=str(home), DAGSTER_HOME=str(home / "dagster_home"),
-                      MLOPS_SERVING_PORT=str(free_port()), MLOPS_PROFILE="local")
+                      MLOPS_SERVING_PORT=str(free_port()), MLOPS_GRPC_PORT=str(free_port()), MLOPS_PROFILE="local")
     os.environ.pop("MLOPS_MODELS_DIR", None)
     try:
         yield home

@@ -84,6 +84,7 @@ def _local() -> Profile:
                 mlflow=mlflow,
                 host="127.0.0.1",
                 port=int(os.environ.get("MLOPS_SERVING_PORT", "8080")),
+                grpc_port=int(os.environ.get("MLOPS_GRPC_PORT", "8081")),
                 state_dir=str(home / "serving"),
             ),
             # One file per run and asset: concurrent runs of a model never read each other's hand-offs.

@@ -55,6 +55,7 @@ class LocalServingResource(ServingResource):
     mlflow: MLflowResource
     host: str = "127.0.0.1"
     port: int = 8080
+    grpc_port: int | None = Field(None, description="Open Inference Protocol over gRPC on the same host; off if unset")
     state_dir: str
     start_timeout_s: float = 90.0
 
@@ -62,7 +63,7 @@ class LocalServingResource(ServingResource):
         from mlops_platform.integrations.serving.local import LocalServing, ServerProcess
 
         return LocalServing(ServerProcess(self.state_dir, self.host, self.port, self.mlflow.tracking_uri,
-                                          self.mlflow.registry_uri, self.start_timeout_s))
+                                          self.mlflow.registry_uri, self.start_timeout_s, self.grpc_port))
 
 
 class KServeServingResource(ServingResource):

@@ -21,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      parents=[model_server.parser])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=None, help="the HTTP port (kserve's --http_port)")
+    parser.add_argument("--grpc-port", type=int, default=None,
+                        help="serve the Open Inference Protocol over gRPC on this port, on the same host; off without it")
     parser.add_argument("--tracking-uri", required=True)
     parser.add_argument("--registry-uri", default=None)
     parser.add_argument("--max-body-bytes", type=int, default=None)
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.set_event_loop(asyncio.new_event_loop())  # kserve asks for the current loop before it runs one
     except ImportError:
         pass
-    server = PlatformModelServer(args.host, repository, http_port=args.port or args.http_port,
+    server = PlatformModelServer(args.host, repository, grpc_port=args.grpc_port, http_port=args.port or args.http_port,
                                  enable_latency_logging=False, timeout_keep_alive=args.timeout_keep_alive)
     server.start()
 

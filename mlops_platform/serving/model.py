@@ -94,7 +94,7 @@ class EndpointModel(Model):
                                                                           self.max_rows)
             labels, proba = await self._batchers[revision].submit(matrix)
             if v2:
-                return protocol.v2_response(self.name, loaded.version, payload.id, labels, proba)
+                return protocol.v2_response(self.name, loaded.version, payload, labels, proba)
             return protocol.v1_response(labels)
         work = (parse, payload, loaded, self.max_rows, self._timers[revision])
         if self.canary is None and protocol.row_count(payload) <= INLINE_ROWS:
@@ -106,7 +106,7 @@ class EndpointModel(Model):
                 future = asyncio.to_thread(_parse_and_classify, *work)
             labels, proba = await future
         if v2:
-            return protocol.v2_response(self.name, loaded.version, payload.id, labels, proba)
+            return protocol.v2_response(self.name, loaded.version, payload, labels, proba)
         return protocol.v1_response(labels)
 
 

@@ -102,7 +102,7 @@ def _tensor(tensor: Any, max_values: int) -> np.ndarray:
     if not shape or any(not isinstance(d, int) or d < 0 for d in shape):
         raise InvalidInput(f"input {tensor.name!r}: shape {shape} must be a list of non-negative sizes")
     data = tensor.data
-    if data is None and getattr(tensor, "_raw_data", None) is not None:  # the binary tensor data extension
+    if getattr(tensor, "_raw_data", None) is not None:  # raw bytes: the binary extension over REST, raw contents over gRPC
         try:
             flat = tensor.as_numpy().reshape(-1)
         except Exception as exc:  # kserve's decoder checks sizes and datatypes; every failure is the request's
@@ -128,16 +128,21 @@ def v1_response(labels: np.ndarray) -> dict:
     return {"predictions": labels.tolist()}
 
 
-def v2_response(model_name: str, version: str, request_id: str | None, labels: np.ndarray, proba: np.ndarray) -> InferResponse:
+def v2_response(model_name: str, version: str, request: InferRequest | None, labels: np.ndarray,
+                proba: np.ndarray) -> InferResponse:
+    """`predict` and `probabilities`, as JSON or, when the request asks for it (`binary_data_output`, or
+    `binary_data` on a requested output), as raw tensors after the JSON header: the binary tensor data extension."""
     predict = InferOutput(name="predict", shape=list(labels.shape), datatype="INT64")
     predict.set_data_from_numpy(labels.astype(np.int64), binary_data=False)
     probabilities = InferOutput(name="probabilities", shape=list(proba.shape), datatype="FP64")
     probabilities.set_data_from_numpy(proba.astype(np.float64), binary_data=False)
     return InferResponse(
-        response_id=request_id or "",
+        response_id=(request.id if request is not None else None) or "",
         model_name=model_name,
         model_version=version,
         infer_outputs=[predict, probabilities],
+        use_binary_outputs=bool(request is not None and request.use_binary_outputs),
+        requested_outputs=request.request_outputs if request is not None else None,
     )
 
 

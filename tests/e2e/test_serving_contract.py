@@ -211,3 +211,111 @@ def test_a_full_queue_answers_503_with_retry_after(served):
     assert int(refused.headers["retry-after"]) >= 1 and "rows waiting" in refused.json()["error"]
     exposition = requests.get(f"{serving().base_url}/metrics", timeout=10).text
     assert f'code="503",model="{info["name"]}"' in exposition
+
+
+@pytest.mark.parametrize("binary_outputs", [False, True], ids=["json-outputs", "binary-outputs"])
+def test_binary_tensor_extension_with_kserve_s_own_oip_client(served, binary_outputs):
+    """KServe's Open Inference Protocol REST client, sending its input as raw little-endian bytes after the JSON
+    header (`Inference-Header-Content-Length`) and asking for raw outputs too when `binary_data_output` is set."""
+    import asyncio
+
+    from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
+
+    info = served["digits"]
+    matrix = np.asarray(info["rows"], dtype=np.float32)
+    tensor = InferInput("input-0", list(matrix.shape), "FP32")
+    tensor.set_data_from_numpy(matrix, binary_data=True)
+    request = InferRequest(model_name=info["name"], infer_inputs=[tensor],
+                           parameters={"binary_data_output": True} if binary_outputs else None)
+
+    async def call():
+        client = InferenceRESTClient(RESTConfig(protocol="v2", timeout=30))
+        try:
+            return await client.infer(serving().base_url, request, model_name=info["name"])
+        finally:
+            await client.close()
+
+    response = asyncio.run(call())
+    outputs = {o.name: o.as_numpy() for o in response.outputs}
+    assert outputs["predict"].tolist() == info["labels"]
+    assert outputs["probabilities"].shape == (4, 10)
+    np.testing.assert_allclose(outputs["probabilities"].sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_memory_comes_back_after_a_burst_of_large_requests(served):
+    import psutil
+
+    info = served["digits"]
+    server = psutil.Process(json.loads((serving().process.state_dir / "server.child.json").read_text())["pid"])
+    big = {"instances": (np.tile(np.asarray(info["rows"]), (500, 1))).tolist()}  # the 2,000-row limit
+    for _ in range(3):  # warm: imports, allocator pools and caches settle before the baseline
+        post(f"/v1/models/{info['name']}:predict", big)
+    before = server.memory_info().rss
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda _: post(f"/v1/models/{info['name']}:predict", big).status_code, range(40)))
+    assert set(statuses) <= {200, 503} and 200 in statuses
+    time.sleep(1.0)
+    after = server.memory_info().rss
+    assert after <= before * 1.2, f"resident memory {before / 2**20:.0f} MiB before the burst, {after / 2**20:.0f} MiB after"
+
+
+def grpc_infer(model: str, inputs: list, parameters: dict | None = None):
+    """One V2 inference over gRPC with KServe's Open Inference Protocol gRPC client; (response, None) or (None, error)."""
+    import asyncio
+    import os
+
+    import grpc
+    from kserve import InferenceGRPCClient, InferRequest
+
+    async def call():
+        client = InferenceGRPCClient(f"127.0.0.1:{os.environ['MLOPS_GRPC_PORT']}", timeout=30, retries=2)
+        try:
+            return await client.infer(InferRequest(model_name=model, infer_inputs=inputs, parameters=parameters)), None
+        except grpc.aio.AioRpcError as error:
+            return None, error
+        finally:
+            await client.close()
+
+    return asyncio.run(call())
+
+
+def test_v2_over_grpc_on_loopback(served):
+    from kserve import InferInput
+
+    info = served["breast_cancer"]
+    tensor = InferInput("input-0", [4, 30], "FP64")
+    tensor.set_data_from_numpy(np.asarray(info["rows"], dtype=np.float64))
+    response, error = grpc_infer(info["name"], [tensor])
+    assert error is None, error
+    outputs = {o.name: o.as_numpy() for o in response.outputs}
+    assert outputs["predict"].tolist() == info["labels"] and outputs["probabilities"].shape == (4, 2)
+
+
+def grpc_cases():
+    from kserve import InferInput
+
+    def tensor(shape, datatype, values):
+        t = InferInput("input-0", shape, datatype)
+        dtype = np.float32 if datatype == "FP32" else np.float64
+        t.set_data_from_numpy((np.asarray(values) if values is not None else np.zeros(shape)).reshape(shape).astype(dtype))
+        return t
+
+    return [
+        ("breast-cancer", [tensor([1, 3], "FP64", [1.0, 2.0, 3.0])], "INVALID_ARGUMENT", "each row needs 30 features"),
+        ("breast-cancer", [tensor([1, 30], "FP64", [float("nan")] * 30)], "INVALID_ARGUMENT", "finite number"),
+        ("breast-cancer", [], "INVALID_ARGUMENT", "at least one input"),
+        ("digits", [tensor([2, 64], "FP32", [1.0] * 128), tensor([2], "FP32", [1.0, 2.0])], "INVALID_ARGUMENT",
+         "named inputs must match"),
+        ("digits", [tensor([2001, 64], "FP32", None)], "INVALID_ARGUMENT", "at most"),
+        ("never-registered", [tensor([1, 3], "FP64", [1.0, 2.0, 3.0])], "NOT_FOUND", "never-registered"),
+    ]
+
+
+def test_client_mistakes_over_grpc_are_invalid_argument_or_not_found(served):
+    for model, inputs, code, message in grpc_cases():
+        response, error = grpc_infer(model, inputs)
+        assert response is None and error.code().name == code, (model, error)
+        assert message in error.details(), (model, error.details())
+    assert post(f"/v1/models/{served['digits']['name']}:predict", {"instances": served["digits"]["rows"]}).status_code == 200

@@ -74,7 +74,8 @@ def test_v2_malformed(inputs, message):
 
 
 def test_v2_response_carries_labels_probabilities_and_version():
-    response = protocol.v2_response("m", "7", "r1", np.array([1, 0]), np.array([[0.2, 0.8], [0.9, 0.1]]))
+    request = InferRequest(model_name="m", infer_inputs=[], request_id="r1")
+    response = protocol.v2_response("m", "7", request, np.array([1, 0]), np.array([[0.2, 0.8], [0.9, 0.1]]))
     rest, _ = response.to_rest()
     assert rest["model_version"] == "7"
     assert [o["name"] for o in rest["outputs"]] == ["predict", "probabilities"]

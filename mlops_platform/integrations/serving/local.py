@@ -43,9 +43,9 @@ class ServerProcess:
     SUPERVISOR = "mlops_platform.serving.supervisor"
 
     def __init__(self, state_dir: str | Path, host: str, port: int, tracking_uri: str, registry_uri: str | None = None,
-                 start_timeout_s: float = 90.0):
+                 start_timeout_s: float = 90.0, grpc_port: int | None = None):
         self.state_dir = Path(state_dir)
-        self.host, self.port = host, port
+        self.host, self.port, self.grpc_port = host, port, grpc_port
         self.tracking_uri, self.registry_uri = tracking_uri, registry_uri
         self.start_timeout_s = start_timeout_s
 
@@ -115,6 +115,8 @@ class ServerProcess:
                   "--routing-file", str(self.routing_file), "--control-token-file", str(self.token_file)]
         if self.registry_uri:
             server += ["--registry-uri", self.registry_uri]
+        if self.grpc_port:
+            server += ["--grpc-port", str(self.grpc_port)]
         return [sys.executable, "-m", self.SUPERVISOR, "--state-dir", str(self.state_dir), "--", *server]
 
     def ensure_running(self) -> int:
