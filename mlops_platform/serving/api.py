@@ -138,7 +138,7 @@ def _json(status: int, content: dict) -> JSONResponse:
 
 
 V1_PATH = re.compile(r"^/v1/models/([^/:]+):(predict|explain)$")
-V2_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/(infer|ready)$")
+V2_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?(/infer|/ready|)$")
 UNKNOWN_MODEL = "__unknown__"  # the one metric label every unknown model name shares: labels stay bounded
 
 
@@ -185,9 +185,9 @@ class InferenceMiddleware:
                 where = "is not served here" if routing is None else f"serves {sorted(served)}"
                 return await _send_json(send, 404, {"error": f"version {version!r} of model {name!r} is not loaded; {name!r} {where}"})
             pinned = served[version]
-            plain = f"/v2/models/{name}/{v2.group(3)}"
+            plain = f"/v2/models/{name}{v2.group(3)}"
             scope = {**scope, "path": plain, "raw_path": plain.encode()}
-        if scope["method"] != "POST":
+        if scope["method"] != "POST" or (v2 and v2.group(3) != "/infer"):
             return await self.app(scope, receive, send)
         if v1 and v1.group(2) == "explain":
             return await _send_json(send, 404, {"error": f"model {name!r} serves predictions only: there is no :explain; use :predict"})

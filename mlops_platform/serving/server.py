@@ -42,7 +42,8 @@ class LoopbackRESTServer(RESTServer):
         super()._add_exception_handlers(app)
         # kserve logs a full traceback at ERROR for every 400 and 404: a flood of bad requests would then cost more CPU
         # in logging than in serving. Same answers, one debug line each.
-        for error, status in ((InvalidInput, 400), (TooManyRows, 413), (ModelNotFound, 404)):
+        # NotImplementedError: what KServe does not do (its version routes, :explain) is a path this server lacks.
+        for error, status in ((InvalidInput, 400), (TooManyRows, 413), (ModelNotFound, 404), (NotImplementedError, 404)):
             app.add_exception_handler(error, quiet_handler(status))
         app.add_exception_handler(ServerBusy, busy_handler)
 
