@@ -163,7 +163,7 @@ def dagster_execute(job: str, models_dir: Path, log: Path):
 
 
 class Traffic:
-    """Background V1 requests at about `rps`, recording each answer's status (0 when refused) and time."""
+    """Background V1 requests at about `rps`, recording for each when it was sent and its status (0 when refused)."""
 
     def __init__(self, url: str, body: dict, rps: float = 100.0, workers: int = 4):
         import threading
@@ -180,12 +180,13 @@ class Traffic:
 
         session = requests.Session()
         while not self._stop.is_set():
+            sent = time.monotonic()  # when it was sent: an answer counts as "after" an event only if it was asked after it
             try:
                 status = session.post(self.url, json=self.body, timeout=5).status_code
             except requests.RequestException:
                 status = 0
                 session = requests.Session()
-            self.results.append((time.monotonic(), status))
+            self.results.append((sent, status))
             self._stop.wait(self.interval)
 
     def __enter__(self) -> Traffic:
