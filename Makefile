@@ -21,7 +21,7 @@ help: ## list the targets
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,infra]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,infra,xgboost,lightgbm]'
 	$(PY) -m pip check
 	touch $@
 

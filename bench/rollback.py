@@ -74,7 +74,7 @@ def register(mlflow_res, spec, model, signature_frame) -> str:
     with mlflow.start_run():
         info = mlflow.sklearn.log_model(model, name="model", pip_requirements=["scikit-learn"],
                                         skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(model)) or None,
-                                        signature=infer_signature(signature_frame[spec.dataset.features],
+                                        signature=infer_signature(signature_frame[spec.dataset.feature_names],
                                                                   signature_frame[spec.dataset.target]))
     return str(mlflow.register_model(info.model_uri, spec.registered_name).version)
 
@@ -94,7 +94,7 @@ def main() -> None:
         from mlops_platform.defs.release import release_canary
 
         spec, mlflow_res, serving = serve_model(MODEL)
-        name, features, target = spec.registered_name, spec.dataset.features, spec.dataset.target
+        name, features, target = spec.registered_name, spec.dataset.feature_names, spec.dataset.target
         stable = mlflow_res.version_for(name, "champion")
         frame = data.bundled_batches(spec.dataset, 1)[0]
         rows = frame[features].to_numpy(dtype=float).tolist()

@@ -25,11 +25,11 @@ MODEL = "breast_cancer"
 
 
 def in_process_floor(loaded, features: list[str], rows: list[list[float]], repeat: int = 2000) -> float:
-    """Microseconds for orjson decode → protocol parse → predict_proba → encode, with no server around it."""
+    """Microseconds for orjson decode → protocol parse → predict → encode, with no server around it."""
     import orjson
     import sklearn
 
-    from mlops_platform.core.training import labels_from_proba
+    from mlops_platform.core.training import predict
     from mlops_platform.serving import protocol
 
     sklearn.set_config(assume_finite=True, skip_parameter_validation=True)
@@ -39,8 +39,8 @@ def in_process_floor(loaded, features: list[str], rows: list[list[float]], repea
     started = time.perf_counter()
     for _ in range(repeat):
         matrix = protocol.parse_v1(orjson.loads(body), features)
-        proba = loaded.classifier.predict_proba(matrix)
-        orjson.dumps(protocol.v1_response(labels_from_proba(loaded.classifier.classes_, proba)))
+        labels, _ = predict(loaded.model, matrix)
+        orjson.dumps(protocol.v1_response(labels))
     return round((time.perf_counter() - started) / repeat * 1e6, 1)
 
 
@@ -57,7 +57,7 @@ def main() -> None:
         name = spec.registered_name
         version = registry.version_for(name, Alias.CHAMPION)
         frame = data.bundled_batches(spec.dataset, 1)[0]
-        features = spec.dataset.features
+        features = spec.dataset.feature_names
         rows = frame[features].to_numpy(dtype=float).tolist()
         bodies = {1: rows[:1], 100: rows[:100]}
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from mlops_platform.core.spec import ModelSpec, load_specs
-from mlops_platform.defs.automation import build_canary_lease_sensor, build_new_batch_sensor, build_retrain_schedule
+from mlops_platform.core.spec import ModelSpec, SpecError, load_models
+from mlops_platform.defs.automation import build_canary_lease_sensor, build_new_batch_sensor, build_retrain_schedule, exclude_batch
 from mlops_platform.defs.model_assets import build_model_assets, job_name
 from mlops_platform.defs.profiles import Profile, load_profile
 
@@ -30,9 +30,28 @@ def model_definitions(spec: ModelSpec, profile: Profile) -> dg.Definitions:
     )
 
 
+SPEC_ERRORS_GROUP = "spec_errors"
+
+
+def spec_error_definitions(error: SpecError) -> dg.Definitions:
+    """A spec that does not load shows up as a failing asset carrying its message; every other model still loads."""
+    description = f"The spec {error.path} does not load. " + " ".join(error.problems)
+
+    @dg.asset(key=[SPEC_ERRORS_GROUP, error.model_name], group_name=SPEC_ERRORS_GROUP, description=description)
+    def broken_spec() -> None:
+        raise dg.Failure(description=str(error))
+
+    return dg.Definitions(assets=[broken_spec])
+
+
 def build_definitions(specs: list[ModelSpec] | None = None, profile: str | None = None) -> dg.Definitions:
     chosen = load_profile(profile)
-    specs = specs if specs is not None else load_specs()
+    errors: list[SpecError] = []
+    if specs is None:
+        loaded = load_models()
+        specs, errors = loaded.specs, loaded.errors
+        for error in errors:
+            dg.get_dagster_logger().error(f"model spec not loaded: {error}")
     every_model = dg.define_asset_job(
         ALL_MODELS_JOB,
         selection=dg.AssetSelection.groups(*[s.name for s in specs]),
@@ -40,7 +59,8 @@ def build_definitions(specs: list[ModelSpec] | None = None, profile: str | None 
     )
     return dg.Definitions.merge(
         *[model_definitions(spec, chosen) for spec in specs],
-        dg.Definitions(jobs=[every_model], sensors=[build_canary_lease_sensor(specs)], resources=chosen.resources,
+        *[spec_error_definitions(error) for error in errors],
+        dg.Definitions(jobs=[every_model, exclude_batch], sensors=[build_canary_lease_sensor(specs)], resources=chosen.resources,
                        executor=chosen.executor),
     )
 

@@ -53,6 +53,35 @@ def platform_home(base: Path | None = None) -> Iterator[Path]:
                 os.environ[key] = value
 
 
+CHURN_FEATURES = [
+    {"name": "plan", "type": "categorical", "categories": ["basic", "pro", "enterprise"]},
+    {"name": "region", "type": "categorical"},
+    "tenure",
+    "monthly",
+    {"name": "autopay", "type": "boolean"},
+    {"name": "signup", "type": "datetime"},
+]
+
+
+def churn_frame(n: int = 1200, seed: int = 0):
+    """Customers with a plan, a region, tenure, a monthly charge, autopay and a sign-up date; churn depends on them."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    plan = rng.choice(["basic", "pro", "enterprise"], n, p=[0.5, 0.35, 0.15])
+    region = rng.choice(["north", "south", "east", "west"], n)
+    tenure = rng.integers(1, 72, n)
+    autopay = rng.random(n) < 0.6
+    monthly = rng.normal(50, 10, n) + (plan == "pro") * 20 + (plan == "enterprise") * 60
+    logit = 0.5 + 2.5 * (plan == "basic") - 0.06 * tenure + 1.5 * (~autopay) + 1.0 * (region == "south")
+    churned = np.where(rng.random(n) < 1 / (1 + np.exp(-logit)), "yes", "no")
+    signup = pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 700, n), unit="D")
+    return pd.DataFrame({"customer_id": [f"C{i:05d}" for i in range(n)], "plan": plan, "region": region,
+                         "tenure": tenure, "monthly": monthly.round(2), "autopay": autopay,
+                         "signup": signup.strftime("%Y-%m-%d"), "churned": churned})
+
+
 def spec_named(name: str) -> ModelSpec:
     return next(s for s in load_specs() if s.name == name)
 
@@ -108,12 +137,13 @@ def check_results(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckE
     return {e.check_name: e for e in result.get_asset_check_evaluations()}
 
 
-def materialized(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
-    """Asset name → its materialization metadata (raw values)."""
+def materialized(result: dg.ExecuteInProcessResult, model: str | None = None) -> dict[str, dict]:
+    """Asset name → its materialization metadata (raw values), for one model's assets when a run holds several."""
     out = {}
     for event in result.get_asset_materialization_events():
         mat = event.event_specific_data.materialization
-        out[mat.asset_key.path[-1]] = {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
+        if model is None or mat.asset_key.path[0] == model:
+            out[mat.asset_key.path[-1]] = {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
     return out
 
 
@@ -124,7 +154,7 @@ def register_broken_version(spec: ModelSpec) -> str:
     from sklearn.linear_model import LogisticRegression
 
     frame = data.bundled_batches(spec.dataset, 1)[0]
-    features = spec.dataset.features
+    features = spec.dataset.feature_names
     model = LogisticRegression(max_iter=500).fit(frame[features[:-1]].to_numpy(), frame[spec.dataset.target])
     mlflow.set_tracking_uri(registry().tracking_uri)
     with mlflow.start_run():
@@ -146,7 +176,7 @@ def write_spec(spec: ModelSpec, folder: Path) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{spec.name}.yaml"
-    path.write_text(yaml.safe_dump(spec.model_dump(by_alias=True, exclude_none=True), sort_keys=False))
+    path.write_text(yaml.safe_dump(spec.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False))
     return path
 
 

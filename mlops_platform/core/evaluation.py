@@ -1,4 +1,4 @@
-"""Evaluation: metrics on the holdout, the confusion-matrix plot and the quality-gate decision."""
+"""Evaluation: metrics on the holdout, a diagnostic plot and the quality-gate decision, each in the metric's direction."""
 
 from __future__ import annotations
 
@@ -8,59 +8,52 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from sklearn import metrics as skm
 
+from mlops_platform.core.metrics import metric
 from mlops_platform.core.spec import GateSpec
-from mlops_platform.core.training import Classifier, labels_from_proba, predict_labels
+from mlops_platform.core.training import Model, predict
 
 
-def _binary(classes: np.ndarray) -> bool:
-    return len(classes) == 2
-
-
-def compute_metrics(names: list[str], y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> dict[str, float]:
+def compute_metrics(names: list[str], y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndarray | None,
+                    classes: np.ndarray | None) -> dict[str, float]:
     """The named metrics; binary problems score the second class as positive, others use macro averages."""
-    y_pred = labels_from_proba(classes, proba)
-    average = "binary" if _binary(classes) else "macro"
-    pos = {"pos_label": classes[1]} if _binary(classes) else {}
-    scorers = {
-        "accuracy": lambda: skm.accuracy_score(y_true, y_pred),
-        "f1": lambda: skm.f1_score(y_true, y_pred, average=average, **pos),
-        "precision": lambda: skm.precision_score(y_true, y_pred, average=average, zero_division=0, **pos),
-        "recall": lambda: skm.recall_score(y_true, y_pred, average=average, **pos),
-        "roc_auc": lambda: (
-            skm.roc_auc_score(y_true, proba[:, 1])
-            if _binary(classes)
-            else skm.roc_auc_score(y_true, proba, multi_class="ovr", labels=classes)
-        ),
-        "log_loss": lambda: skm.log_loss(y_true, proba, labels=classes),
-    }
-    unknown = [n for n in names if n not in scorers]
-    if unknown:
-        raise ValueError(f"unknown metrics {unknown}; known: {sorted(scorers)}")
-    return {name: float(scorers[name]()) for name in names}
+    out = {}
+    for name in names:
+        known = metric(name)
+        if known.needs_proba and proba is None:
+            raise ValueError(f"metric {name!r} needs class probabilities, which this model does not give")
+        out[name] = float(known.compute(np.asarray(y_true), np.asarray(y_pred), proba, classes))
+    return out
 
 
-def evaluate(model: Classifier, features: np.ndarray, y_true: np.ndarray, names: list[str]) -> dict[str, float]:
-    return compute_metrics(names, y_true, model.predict_proba(features), model.classes_)
+def evaluate(model: Model, features: np.ndarray, y_true: np.ndarray, names: list[str]) -> dict[str, float]:
+    y_pred, proba = predict(model, features)
+    return compute_metrics(names, y_true, y_pred, proba, getattr(model, "classes_", None) if proba is not None else None)
 
 
-def confusion_matrix_png(model: Classifier, features: np.ndarray, y_true: np.ndarray, title: str) -> bytes:
-    """A PNG of the holdout confusion matrix."""
+def diagnostic_png(model: Model, features: np.ndarray, y_true: np.ndarray, title: str) -> tuple[str, bytes]:
+    """A classifier's holdout confusion matrix, or a regressor's predicted-against-actual scatter, as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    y_pred = predict_labels(model, features)
+    y_pred, proba = predict(model, features)
     fig, ax = plt.subplots(figsize=(4, 3.6), dpi=100)
     try:
-        skm.ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=model.classes_, ax=ax, colorbar=False)
+        if proba is not None:
+            name = "confusion_matrix"
+            skm.ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=model.classes_, ax=ax, colorbar=False)
+        else:
+            name = "predicted_vs_actual"
+            skm.PredictionErrorDisplay.from_predictions(y_true, y_pred, kind="actual_vs_predicted", ax=ax,
+                                                        subsample=2000, random_state=0)
         ax.set_title(title)
         fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png")
     finally:
         plt.close(fig)
-    return buffer.getvalue()
+    return name, buffer.getvalue()
 
 
 @dataclass(frozen=True)
@@ -78,17 +71,22 @@ class GateDecision:
 
 
 def gate_decision(gate: GateSpec, challenger: dict[str, float], champion: dict[str, float] | None) -> GateDecision:
-    """Absolute threshold first, then no regression against the champion beyond the margin."""
-    value = challenger[gate.metric]
-    current = None if champion is None else champion[gate.metric]
-    if value < gate.min_value:
-        reason = f"{gate.metric}={value:.4f} is below the minimum {gate.min_value:.4f}"
-        return GateDecision(False, reason, gate.metric, value, current)
-    if current is not None and value < current - gate.max_regression:
-        reason = (
-            f"{gate.metric}={value:.4f} regresses against the champion's {current:.4f} "
-            f"by more than {gate.max_regression:.4f}"
-        )
-        return GateDecision(False, reason, gate.metric, value, current)
+    """The bound first, then no regression against the champion beyond the margin, both in the metric's direction."""
+    name = gate.metric
+    higher = metric(name).higher_is_better
+    value = challenger[name]
+    current = None if champion is None else champion[name]
+    if not np.isfinite(value):
+        return GateDecision(False, f"{name} is {value}: the challenger cannot be judged", name, value, current)
+    if (value < gate.bound) if higher else (value > gate.bound):
+        side = "below the minimum" if higher else "above the maximum"
+        return GateDecision(False, f"{name}={value:.4f} is {side} {gate.bound:.4f}", name, value, current)
+    if current is not None:
+        worse_by = (current - value) if higher else (value - current)
+        if worse_by > gate.max_regression:
+            reason = (f"{name}={value:.4f} regresses against the champion's {current:.4f} by {worse_by:.4f}, more than "
+                      f"{gate.max_regression:.4f} ({metric(name).direction})")
+            return GateDecision(False, reason, name, value, current)
     against = "no champion yet" if current is None else f"champion {current:.4f}"
-    return GateDecision(True, f"{gate.metric}={value:.4f} ≥ {gate.min_value:.4f}; {against}", gate.metric, value, current)
+    relation = "≥" if higher else "≤"
+    return GateDecision(True, f"{name}={value:.4f} {relation} {gate.bound:.4f}; {against}", name, value, current)

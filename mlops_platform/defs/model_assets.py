@@ -2,6 +2,9 @@
 landing → dataset → model → challenger → gate → canary → champion → watched endpoint."""
 
 import base64
+import dataclasses
+import hashlib
+import json
 import time
 
 import dagster as dg
@@ -9,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from mlops_platform.core import data, evaluation, training
+from mlops_platform.core import metrics as metric_table
 from mlops_platform.core.canary import Outcome
 from mlops_platform.core.spec import ModelSpec
 from mlops_platform.defs.release import batching, begin_release, guard_champion, release_canary, release_ttl
@@ -22,21 +26,39 @@ from mlops_platform.defs.types import (
     TrainedModel,
     TrainingDataset,
 )
-from mlops_platform.integrations.registry import Alias
+from mlops_platform.integrations.registry import Alias, TrainingData
 
 GPU_POOL = "gpu"
 BATCHES_VALID = "batches_valid"
 QUALITY_GATE = "quality_gate"
 CANARY_ANALYSIS = "canary_analysis"
 SLO_GUARD = "slo_guard"
+BATCH_RECORD = "mlops_batches"
 
 
 def _png_markdown(png: bytes, title: str) -> dg.MetadataValue:
     return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{base64.b64encode(png).decode()})")
 
 
-def _replay_rows(dataset: TrainingDataset, limit: int = 256) -> list[list[float]]:
-    return dataset.holdout[dataset.features].head(limit).to_numpy(dtype=np.float64).tolist()
+def _replay_rows(spec: ModelSpec, frame: pd.DataFrame, limit: int = 256) -> list[list | dict]:
+    """Rows as a V1 client sends them: plain lists of numbers, or objects keyed by feature for typed columns."""
+    head = frame.head(limit)
+    if spec.dataset.all_numeric:
+        return head[spec.dataset.feature_names].to_numpy(dtype=np.float64).tolist()
+    return data.json_rows(head, spec.dataset)
+
+
+def _data_version(batches: list[dict]) -> str:
+    """One version for a set of batches: the hash of their contents' hashes, whatever their names or order."""
+    return hashlib.sha256(json.dumps(sorted(b["sha256"] for b in batches)).encode()).hexdigest()
+
+
+def _new_batches(dataset: TrainingDataset, champion_batches: list[dict] | None) -> list[str]:
+    """The batches in this data that the champion was not trained on (by content)."""
+    if champion_batches is None:
+        return []
+    seen = {b["sha256"] for b in champion_batches}
+    return [b["name"] for b in dataset.batches if b["sha256"] not in seen]
 
 
 def asset_key(spec: ModelSpec, name: str) -> dg.AssetKey:
@@ -57,7 +79,7 @@ def build_model_assets(spec: ModelSpec, gpu_step_tags: dict | None = None, cpu_s
     on_gpu = spec.estimator.framework == "torch"
     cpu_tags = cpu_step_tags or {}
     train_tags = (gpu_step_tags or {}) if on_gpu else cpu_tags
-    features = spec.dataset.features
+    features = spec.dataset.feature_names
     target = spec.dataset.target
     key = lambda name: asset_key(spec, name)
 
@@ -65,57 +87,88 @@ def build_model_assets(spec: ModelSpec, gpu_step_tags: dict | None = None, cpu_s
         key=key("landing_batches"),
         group_name=group, op_tags=cpu_tags,
         check_specs=[dg.AssetCheckSpec(BATCHES_VALID, asset=key("landing_batches"), blocking=True,
-                                       description="Every landing batch matches the spec's schema; bad ones are quarantined.")],
+                                       description="Every batch matches the spec's column types; bad landing batches "
+                                                   "are quarantined, bad source files are named and left in place.")],
         kinds={"pandas"},
     )
     def landing_batches(context: dg.AssetExecutionContext, landing: LandingResource):
-        """Raw batches read from the landing location; bad batches are moved to quarantine."""
-        store = landing.get_store()
-        frames, accepted, quarantined = [], [], {}
-        for name in store.list_batches(spec.name):
-            refused = data.batch_name_problem(name) or (
-                "symbolic link: refused, never followed" if store.is_link(spec.name, name) else None)
-            if refused:
-                frame, problems = None, [refused]
+        """The model's batches (its landing folder and its own source files), each validated against the spec's
+        column types. A bad landing batch is moved to quarantine; a bad source file is the user's and stays where it
+        is, named in the check with what is wrong and how to set it aside."""
+        catalog = landing.get_catalog(spec)
+        store = catalog.store
+        frames, accepted, quarantined, refused = [], [], {}, {}
+        for batch in catalog.batches():
+            if batch.origin == "landing":
+                problem = data.batch_name_problem(batch.name) or (
+                    "symbolic link: refused, never followed" if store.is_link(spec.name, batch.name) else None)
             else:
-                frame, report = data.validate_batch(name, store.read(spec.name, name), spec.dataset)
+                problem = None
+            payload = b"" if problem else catalog.read(batch)
+            if problem:
+                frame, problems = None, [problem]
+            else:
+                frame, report = data.validate_batch(batch.name, payload, spec.dataset)
                 problems = report.problems
             if not problems:
                 frames.append(frame)
-                accepted.append(name)
+                accepted.append({"name": batch.name, "origin": batch.origin, "uri": batch.uri, "token": batch.token,
+                                 "sha256": hashlib.sha256(payload).hexdigest(), "rows": len(frame)})
+                continue
+            reason = "; ".join(problems)
+            if batch.origin == "landing":
+                quarantined[batch.name] = {"reason": reason, "moved_to": store.quarantine(spec.name, batch.name, reason)}
+                context.log.warning(f"quarantined batch {batch.name}: {reason}")
             else:
-                reason = "; ".join(problems)
-                quarantined[name] = {"reason": reason, "moved_to": store.quarantine(spec.name, name, reason)}
-                context.log.warning(f"quarantined batch {name}: {reason}")
+                refused[batch.name] = {"reason": reason, "uri": batch.uri}
+                context.log.error(f"source file {batch.uri} cannot be used: {reason}")
         combined = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=spec.dataset.columns)
-        yield dg.Output(combined, metadata={
+        combined.attrs[BATCH_RECORD] = accepted  # travels with the rows to the dataset, whichever run is alongside
+        version = _data_version(accepted)
+        yield dg.Output(combined, data_version=dg.DataVersion(version), metadata={
             "rows": len(combined),
             "accepted_batches": dg.MetadataValue.json(accepted),
             "quarantined_batches": dg.MetadataValue.json(quarantined),
+            "refused_source_files": dg.MetadataValue.json(refused),
         })
+        notes = []
         if quarantined:
-            description = f"{len(quarantined)} batch(es) quarantined: " + "; ".join(f"{n}: {q['reason']}" for n, q in quarantined.items())
-        elif combined.empty:
-            description = "no valid landing batches"
-        else:
-            description = f"{len(accepted)} batch(es), {len(combined)} rows, all valid"
+            notes.append(f"{len(quarantined)} batch(es) quarantined: " + "; ".join(f"{n}: {q['reason']}" for n, q in quarantined.items()))
+        if refused:
+            notes.append(f"{len(refused)} source file(s) refused and left in place (fix them, or set one aside with "
+                         f"`python -m mlops_platform.cli exclude --model {spec.name} --batch NAME --reason ...`): "
+                         + "; ".join(f"{n}: {r['reason']}" for n, r in refused.items()))
+        if not notes and combined.empty:
+            notes.append(f"no valid batches in landing or in {spec.dataset.source}")
         yield dg.AssetCheckResult(
             check_name=BATCHES_VALID,
-            passed=bool(not quarantined and not combined.empty),
+            passed=bool(not notes),
             severity=dg.AssetCheckSeverity.ERROR,
-            description=description,
-            metadata={"quarantined": dg.MetadataValue.json(quarantined)},
+            description=" | ".join(notes) or f"{len(accepted)} batch(es), {len(combined)} rows, all valid",
+            metadata={"quarantined": dg.MetadataValue.json(quarantined), "refused": dg.MetadataValue.json(refused)},
         )
 
     @dg.asset(key=key("training_dataset"), group_name=group, op_tags=cpu_tags, ins={"batches": dg.AssetIn(key("landing_batches"))}, kinds={"pandas"})
     def training_dataset(batches: pd.DataFrame) -> dg.Output[TrainingDataset]:
-        """Validated rows split into training and holdout, with reference statistics for drift checks."""
+        """Validated rows split into training and holdout, with the task they make and reference statistics for
+        drift checks. Its data version is the hash of the exact batches it holds."""
+        try:
+            task, classes = data.resolve_task(batches[target], spec.dataset)
+        except data.TaskError as exc:
+            raise dg.Failure(description=f"{spec.name}: {exc}") from None
+        accepted = batches.attrs.get(BATCH_RECORD, [])
         split = data.split_dataset(batches, spec.dataset)
         reference = data.reference_statistics(split.train, spec.dataset)
-        dataset = TrainingDataset(train=split.train, holdout=split.holdout, reference=reference, features=features)
-        return dg.Output(dataset, metadata={
+        version = _data_version(accepted)
+        dataset = TrainingDataset(train=split.train, holdout=split.holdout, reference=reference, features=features,
+                                  task=task, batches=accepted, data_version=version)
+        return dg.Output(dataset, data_version=dg.DataVersion(version), metadata={
+            "task": str(task),
+            "task_inferred": spec.dataset.declared_task is None,
+            "classes": dg.MetadataValue.json([str(c) for c in classes] if classes else []),
             "train_rows": len(split.train),
             "holdout_rows": len(split.holdout),
+            "batches": dg.MetadataValue.json([b["name"] for b in accepted]),
             "target_distribution": dg.MetadataValue.json(reference["target_distribution"]),
             "preview": dg.MetadataValue.md(split.train.head(5).to_markdown(index=False)),
         })
@@ -123,28 +176,37 @@ def build_model_assets(spec: ModelSpec, gpu_step_tags: dict | None = None, cpu_s
     @dg.asset(key=key("trained_model"), group_name=group, ins={"dataset": dg.AssetIn(key("training_dataset"))},
               kinds={spec.estimator.framework, "mlflow"}, op_tags=train_tags, pool=GPU_POOL if on_gpu else None)
     def trained_model(context: dg.AssetExecutionContext, dataset: TrainingDataset, mlflow: MLflowResource) -> dg.Output[TrainedModel]:
-        """The spec's estimator fitted on the training rows and logged to MLflow with its holdout metrics."""
+        """The spec's pipeline fitted on the training rows and logged to MLflow with its holdout metrics and the exact
+        data it was trained on."""
+        metric_names = spec.metrics_for(dataset.task)
+        wrong = [m for m in metric_names if dataset.task not in metric_table.metric(m).tasks]
+        if wrong:
+            raise dg.Failure(description=f"{spec.name}: metrics {wrong} do not apply to a {dataset.task} task "
+                                         f"(the target made it one); {dataset.task} has {metric_table.metrics_for(dataset.task)}")
         started = time.perf_counter()
-        model = training.train(spec, dataset.train)
+        model = training.train(spec, dataset.task, dataset.train)
         train_seconds = time.perf_counter() - started
-        x_holdout = training.feature_matrix(dataset.holdout, features)
+        x_holdout = data.model_input(dataset.holdout, spec.dataset)
         y_holdout = dataset.holdout[target].to_numpy()
-        metrics = evaluation.evaluate(model, x_holdout, y_holdout, spec.metrics)
-        png = evaluation.confusion_matrix_png(model, x_holdout, y_holdout, f"{spec.name} holdout")
+        metrics = evaluation.evaluate(model, x_holdout, y_holdout, metric_names)
+        plot, png = evaluation.diagnostic_png(model, x_holdout, y_holdout, f"{spec.name} holdout")
         run = mlflow.get_registry().log_training(
-            spec, model, dataset.train,
+            spec, model, TrainingData(dataset.batches, dataset.data_version, dataset.train),
             params=training.hyperparameters(spec),
             metrics=metrics,
-            tags={"dagster_run_id": context.run.run_id, "model": spec.name, "framework": spec.estimator.framework},
-            images={"confusion_matrix.png": png},
+            tags={"dagster_run_id": context.run.run_id, "model": spec.name, "framework": spec.estimator.framework,
+                  "task": str(dataset.task)},
+            images={f"{plot}.png": png},
             documents={"reference_statistics.json": dataset.reference},
         )
         return dg.Output(TrainedModel(run=run, metrics=metrics), metadata={
             "mlflow_run_id": run.run_id,
             "mlflow_run": dg.MetadataValue.url(run.url),
+            "task": str(dataset.task),
+            "data_version": dataset.data_version,
             "train_seconds": round(train_seconds, 3),
             **{f"holdout_{k}": round(v, 4) for k, v in metrics.items()},
-            "confusion_matrix": _png_markdown(png, "confusion matrix"),
+            plot: _png_markdown(png, plot.replace("_", " ")),
         })
 
     @dg.asset(key=key("challenger"), group_name=group, op_tags=cpu_tags, ins={"trained": dg.AssetIn(key("trained_model"))}, kinds={"mlflow"})
@@ -170,15 +232,21 @@ def build_model_assets(spec: ModelSpec, gpu_step_tags: dict | None = None, cpu_s
     def evaluation_asset(dataset: TrainingDataset, candidate: RegisteredVersion, mlflow: MLflowResource):
         """Challenger and current champion scored on the same holdout; the quality gate decides."""
         registry = mlflow.get_registry()
-        x_holdout = training.feature_matrix(dataset.holdout, features)
+        x_holdout = data.model_input(dataset.holdout, spec.dataset)
         y_holdout = dataset.holdout[target].to_numpy()
         name = spec.registered_name
-        challenger_metrics = evaluation.evaluate(registry.load(name, candidate.version), x_holdout, y_holdout, spec.metrics)
+        metric_names = spec.metrics_for(dataset.task)
+        challenger_metrics = evaluation.evaluate(registry.load(name, candidate.version), x_holdout, y_holdout, metric_names)
         champion_version = registry.version_for(name, Alias.CHAMPION)
-        champion_metrics = None
+        champion_metrics, new_batches = None, []
         if champion_version is not None:
-            champion_metrics = evaluation.evaluate(registry.load(name, champion_version), x_holdout, y_holdout, spec.metrics)
+            champion_metrics = evaluation.evaluate(registry.load(name, champion_version), x_holdout, y_holdout, metric_names)
+            new_batches = _new_batches(dataset, registry.trained_batches(name, champion_version))
         decision = evaluation.gate_decision(spec.gate, challenger_metrics, champion_metrics)
+        if not decision.passed and new_batches:
+            decision = dataclasses.replace(decision, reason=(
+                f"{decision.reason}. Batches new since the champion's data: {new_batches}; to set a bad one aside: "
+                f"python -m mlops_platform.cli exclude --model {spec.name} --batch NAME --reason TEXT"))
         registry.record_gate(name, candidate.version, decision.passed, decision.reason)
         report = GateReport(candidate.version, champion_version, challenger_metrics, champion_metrics, decision)
         yield dg.Output(report, metadata={
@@ -187,6 +255,7 @@ def build_model_assets(spec: ModelSpec, gpu_step_tags: dict | None = None, cpu_s
             "challenger_metrics": dg.MetadataValue.json(challenger_metrics),
             "champion_metrics": dg.MetadataValue.json(champion_metrics or {}),
             "holdout_rows": len(y_holdout),
+            "new_batches_since_champion": dg.MetadataValue.json(new_batches),
         })
         yield dg.AssetCheckResult(
             check_name=QUALITY_GATE,
@@ -213,7 +282,7 @@ def build_model_assets(spec: ModelSpec, gpu_step_tags: dict | None = None, cpu_s
         lock = begin_release(spec, backend, owner)  # held through promotion and the watch; released on any failure
         try:
             release = release_canary(spec, mlflow.get_registry(), backend, report.champion_version,
-                                     report.challenger_version, _replay_rows(dataset), owner=owner)
+                                     report.challenger_version, _replay_rows(spec, dataset.holdout), owner=owner)
         except BaseException:
             lock.release(owner)
             raise
@@ -266,11 +335,11 @@ def build_model_assets(spec: ModelSpec, gpu_step_tags: dict | None = None, cpu_s
         try:
             lock.renew(owner, release_ttl(spec))
             verdict, served = guard_champion(spec, mlflow.get_registry(), backend, current.version, current.previous,
-                                             _replay_rows(dataset))
+                                             _replay_rows(spec, dataset.holdout))
         finally:
             lock.release(owner)
         state = EndpointState(served.name, served.version, served.base_url, rolled_back=served.version != current.version)
-        sample = dataset.holdout[features].head(3).to_numpy(dtype=np.float64).tolist()
+        sample = _replay_rows(spec, dataset.holdout, 3)
         response = requests.post(served.v1_predict_url, json={"instances": sample}, timeout=30)
         response.raise_for_status()
         yield dg.Output(state, metadata={

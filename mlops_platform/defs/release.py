@@ -34,7 +34,7 @@ def begin_release(spec: ModelSpec, serving: ServingBackend, owner: str) -> Relea
 
 
 def release_canary(spec: ModelSpec, registry: ModelRegistry, serving: ServingBackend, stable: str | None, version: str,
-                   rows: list[list[float]], owner: str = "manual") -> CanaryRelease:
+                   rows: list[list | dict], owner: str = "manual") -> CanaryRelease:
     """Serve `version` as canary beside `stable`, judge it on live traffic, roll it back unless it passes; tags the verdict.
 
     The canary carries a lease in its routing: whatever stops this function (an exception, a cancelled run) rolls it
@@ -70,7 +70,7 @@ def release_canary(spec: ModelSpec, registry: ModelRegistry, serving: ServingBac
 
 
 def guard_champion(spec: ModelSpec, registry: ModelRegistry, serving: ServingBackend, version: str, previous: str | None,
-                   rows: list[list[float]]) -> tuple[Verdict, Endpoint]:
+                   rows: list[list | dict]) -> tuple[Verdict, Endpoint]:
     """Watch a freshly promoted champion; on an SLO breach give `champion` and all traffic back to the previous one."""
     name = spec.registered_name
     with serving.replay(name, rows, spec.canary.replay_rps):

@@ -13,9 +13,10 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from mlops_platform.core.spec import ModelSpec
 from mlops_platform.integrations.registry import MlflowRegistry, ModelRegistry
 from mlops_platform.integrations.serving import ServingBackend
-from mlops_platform.integrations.storage import FsspecLandingStore, LandingStore
+from mlops_platform.integrations.storage import BatchCatalog, FsspecLandingStore, LandingStore
 
 
 class MLflowResource(dg.ConfigurableResource):
@@ -40,6 +41,11 @@ class LandingResource(dg.ConfigurableResource):
 
     def get_store(self) -> LandingStore:
         return FsspecLandingStore(self.landing_uri, self.quarantine_uri, self.storage_options)
+
+    def get_catalog(self, spec: ModelSpec) -> BatchCatalog:
+        """The model's batches: its landing folder plus the files its `dataset.source` names (unless bundled)."""
+        source = None if spec.dataset.bundled else spec.dataset.source
+        return BatchCatalog(self.get_store(), spec.name, source, self.storage_options)
 
 
 class ServingResource(dg.ConfigurableResource):

@@ -8,6 +8,7 @@ import pandas as pd
 
 from mlops_platform.core.canary import Outcome, Verdict
 from mlops_platform.core.evaluation import GateDecision
+from mlops_platform.core.metrics import Task
 from mlops_platform.integrations.registry import LoggedRun
 
 
@@ -19,6 +20,13 @@ class TrainingDataset:
     holdout: pd.DataFrame
     reference: dict
     features: list[str]
+    task: Task
+    batches: list[dict]  # what it was built from: name, origin, uri, sha256, token, rows
+    data_version: str
+
+    @property
+    def batch_hashes(self) -> dict[str, str]:
+        return {b["name"]: b["sha256"] for b in self.batches}
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,11 @@
-"""The model registry: MLflow tracking, registered versions, the aliases the platform moves, and model logging per
-framework. Loading a registered version back as a platform classifier lives here too, for the serving runtime."""
+"""The model registry: MLflow tracking, registered versions, the aliases the platform moves, model logging with the
+data it was trained on, and loading a registered version back (for the gate and the serving runtime)."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import time
 import warnings
 from abc import ABC, abstractmethod
@@ -16,7 +18,9 @@ from pathlib import Path
 import pandas as pd
 
 from mlops_platform.core.spec import ModelSpec
-from mlops_platform.core.training import Classifier, feature_matrix, predict_labels
+from mlops_platform.core.training import EncodedLabels, Model, is_classifier, predict
+
+BATCHES_ARTIFACT = "batches.json"
 
 
 class Alias(StrEnum):
@@ -56,24 +60,48 @@ class LoggedRun:
 
 
 @dataclass(frozen=True)
+class TrainingData:
+    """Exactly what a model was trained on: each batch with its content hash, and one version for the lot."""
+
+    batches: list[dict]  # {"name", "origin", "uri", "sha256", "token", "rows"}
+    data_version: str
+    frame: pd.DataFrame  # the training rows, recorded as the run's MLflow dataset input
+
+
+@dataclass(frozen=True)
 class LoadedModel:
-    """A registered version loaded as a classifier, with what the registry knows about it."""
+    """A registered version loaded back, with what its MLflow signature says about its inputs and outputs."""
 
     name: str
     version: str
-    classifier: Classifier
+    model: Model
     feature_names: list[str]
+    feature_types: list[str]  # MLflow column types: double, long, string, boolean, datetime, ...
+    output_type: str
     flavor: str
+
+    @property
+    def is_classifier(self) -> bool:
+        return is_classifier(self.model)
+
+    @property
+    def classes(self):
+        return self.model.classes_ if self.is_classifier else None
 
 
 class ModelRegistry(ABC):
     """Where trained models are tracked, versioned and aliased."""
 
     @abstractmethod
-    def log_training(self, spec: ModelSpec, model: Classifier, example: pd.DataFrame, params: dict,
+    def log_training(self, spec: ModelSpec, model: Model, data: TrainingData, params: dict,
                      metrics: dict[str, float], tags: dict[str, str], images: dict[str, bytes],
                      documents: dict[str, dict]) -> LoggedRun:
-        """One tracked run: parameters, holdout metrics, images, documents and the model with its signature."""
+        """One tracked run: parameters, holdout metrics, images, documents, the data it was trained on (an MLflow
+        dataset input and the batch list) and the model with its signature."""
+
+    @abstractmethod
+    def trained_batches(self, name: str, version: str) -> list[dict] | None:
+        """The batches a registered version was trained on (name, sha256, token), or None when not recorded."""
 
     @abstractmethod
     def register(self, spec: ModelSpec, run: LoggedRun, tags: dict[str, str]) -> str:
@@ -97,8 +125,8 @@ class ModelRegistry(ABC):
         """The version an alias points at, or None."""
 
     @abstractmethod
-    def load(self, name: str, version: str) -> Classifier:
-        """A registered version as a classifier."""
+    def load(self, name: str, version: str) -> Model:
+        """A registered version's model."""
 
     @abstractmethod
     def tag_version(self, name: str, version: str, tags: dict[str, str]) -> None: ...
@@ -158,25 +186,43 @@ class MlflowRegistry(ModelRegistry):
     def version_url(self, name: str, version: str) -> str:
         return f"{self.ui_url}/#/models/{name}/versions/{version}"
 
-    def log_training(self, spec: ModelSpec, model: Classifier, example: pd.DataFrame, params: dict,
+    def log_training(self, spec: ModelSpec, model: Model, data: TrainingData, params: dict,
                      metrics: dict[str, float], tags: dict[str, str], images: dict[str, bytes],
                      documents: dict[str, dict]) -> LoggedRun:
         import mlflow
         from mlflow.models import infer_signature
 
+        from mlops_platform.core.data import model_input
+
         with self._active():
             experiment_id = self._experiment_id(spec.registered_name)
-            with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
+            with mlflow.start_run(experiment_id=experiment_id, tags={**tags, "data_version": data.data_version}) as run:
                 mlflow.log_params(params)
                 mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items()})
                 for name, png in images.items():
                     mlflow.log_image(_png(png), name)
                 for name, document in documents.items():
                     mlflow.log_dict(document, name)
-                inputs = example[spec.dataset.features]
-                signature = infer_signature(inputs, predict_labels(model, feature_matrix(inputs, spec.dataset.features)))
+                mlflow.log_dict({"data_version": data.data_version, "batches": data.batches}, BATCHES_ARTIFACT)
+                mlflow.log_input(mlflow.data.from_pandas(data.frame, name=f"{spec.name}-train-{data.data_version[:12]}",
+                                                         targets=spec.dataset.target, source=_dataset_source(data)),
+                                 context="training")
+                inputs = data.frame[spec.dataset.feature_names]
+                labels, _ = predict(model, model_input(inputs.head(100), spec.dataset))
+                signature = infer_signature(inputs, labels)
                 info = _log_model(spec, model, inputs, signature)
         return LoggedRun(run.info.run_id, experiment_id, info.model_uri, self.run_url(experiment_id, run.info.run_id))
+
+    def trained_batches(self, name: str, version: str) -> list[dict] | None:
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run_id = self.client().get_model_version(name, version).run_id
+            with self._active():
+                return mlflow.artifacts.load_dict(f"runs:/{run_id}/{BATCHES_ARTIFACT}")["batches"]
+        except (MlflowException, OSError, KeyError):
+            return None
 
     def register(self, spec: ModelSpec, run: LoggedRun, tags: dict[str, str]) -> str:
         import mlflow
@@ -218,9 +264,9 @@ class MlflowRegistry(ModelRegistry):
         except MlflowException:
             return None
 
-    def load(self, name: str, version: str) -> Classifier:
+    def load(self, name: str, version: str) -> Model:
         with self._active():
-            return load_registered(self.client(), name, version=version).classifier
+            return load_registered(self.client(), name, version=version).model
 
     def tag_version(self, name: str, version: str, tags: dict[str, str]) -> None:
         client = self.client()
@@ -243,65 +289,119 @@ class MlflowRegistry(ModelRegistry):
         return previous
 
 
+def _dataset_source(data: TrainingData):
+    """Where the training rows came from, as MLflow records it: the batches' own location when MLflow can resolve it
+    (a local path, s3://, gs://, abfss://), else the batch list itself."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.exceptions import MlflowException
+
+    uris = sorted({b["uri"] for b in data.batches})
+    folders = sorted({uri.rsplit("/", 1)[0] for uri in uris if "/" in uri})
+    if len(folders) == 1:
+        try:
+            return resolve_dataset_source(folders[0])
+        except MlflowException:
+            pass
+    return CodeDatasetSource(tags={"batches": json.dumps([b["name"] for b in data.batches])[:5000],
+                                   "data_version": data.data_version})
+
+
 def _png(content: bytes):
     from PIL import Image
 
     return Image.open(io.BytesIO(content))
 
 
-def _log_model(spec: ModelSpec, model: Classifier, example: pd.DataFrame, signature):
-    """Log with a minimal requirement list; MLflow's inference would otherwise add torch to every sklearn model."""
-    from importlib.metadata import version
+def _requirements(spec: ModelSpec, model: Model) -> list[str]:
+    """A minimal requirement list, from the packages the pipeline's objects come from; MLflow's own inference would add
+    torch to every sklearn model."""
+    from importlib.metadata import packages_distributions, version
 
-    base = [f"mlflow=={version('mlflow')}", f"numpy=={version('numpy')}", f"pandas=={version('pandas')}"]
+    distributions = packages_distributions()
+    wanted = {"mlflow", "numpy", "pandas", "scikit-learn", "skops"}
+    steps = getattr(model, "steps", [("model", model)])
+    for _, step in steps:
+        for obj in (step, *getattr(step, "get_params", lambda deep=True: {})(deep=True).values()):
+            top = type(obj).__module__.partition(".")[0]
+            if top not in ("sklearn", "numpy", "builtins", "mlops_platform"):
+                wanted.update(distributions.get(top, [top]))
     if spec.estimator.framework == "torch":
-        from mlflow import pytorch as mlflow_pytorch
+        wanted.add("torch")
+    pins = []
+    for dist in sorted(wanted):
+        try:
+            pins.append(f"{dist}=={version(dist).split('+')[0]}")
+        except Exception:  # a module with no installed distribution (the user's own code): nothing to pin
+            continue
+    return pins
 
-        return mlflow_pytorch.log_model(
-            model.to_logged(),
-            name="model",
-            # A pickled module keeps the platform's TabularMLP (with its classes buffer) as it was trained; MLflow's
-            # default, a torch.export graph, would drop the buffers our runtime reads.
-            serialization_format="pickle",
-            input_example=example.head(5).astype("float32"),
-            signature=signature,
-            pip_requirements=[*base, f"torch=={version('torch').split('+')[0]}"],
-        )
-    import skops.io
+
+def _pure_sklearn(model: Model) -> bool:
+    """skops can store pipelines made of scikit-learn and the platform's own transformers; anything else (a network,
+    XGBoost, LightGBM, a factory's estimator) is stored with cloudpickle."""
+    params = model.get_params(deep=True).values() if hasattr(model, "get_params") else []
+    objs = [model, *(p for p in params if hasattr(p, "fit") or hasattr(p, "transform"))]
+    return all(type(o).__module__.startswith(("sklearn.", "mlops_platform.core.training")) for o in objs)
+
+
+def _log_model(spec: ModelSpec, model: Model, example: pd.DataFrame, signature):
     from mlflow import sklearn as mlflow_sklearn
 
-    # The platform trained this object itself, so the types skops flags (tree node storage, for one) are ours to trust.
-    trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    requirements = _requirements(spec, model)
     with warnings.catch_warnings():
         # MLflow checks the input example through pyfunc, which hands the fitted-on-arrays pipeline a DataFrame.
         warnings.filterwarnings("ignore", message="X has feature names")
-        return mlflow_sklearn.log_model(
-            model,
-            name="model",
-            signature=signature,
-            input_example=example.head(5),
-            pip_requirements=[*base, f"scikit-learn=={version('scikit-learn')}", f"skops=={version('skops')}"],
-            skops_trusted_types=trusted or None,
-        )
+        if not _pure_sklearn(model):
+            return mlflow_sklearn.log_model(model, name="model", signature=signature, input_example=example.head(5),
+                                            pip_requirements=requirements, serialization_format="cloudpickle")
+        import skops.io
+
+        # The platform trained this object itself, so the types skops flags (tree node storage, its own transformer
+        # functions) are ours to trust.
+        trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+        return mlflow_sklearn.log_model(model, name="model", signature=signature, input_example=example.head(5),
+                                        pip_requirements=requirements, skops_trusted_types=trusted or None)
 
 
-def load_model_uri(model_uri: str) -> tuple[Classifier, list[str], str]:
-    """The classifier at an MLflow model URI, its input column names and its flavor."""
+def load_model_uri(model_uri: str) -> LoadedModel:
+    """The model at an MLflow model URI, with its signature's input names and types and its output type."""
     import mlflow
 
     info = mlflow.models.get_model_info(model_uri)
-    feature_names = info.signature.inputs.input_names() if info.signature else []
-    if "pytorch" in info.flavors:
-        from mlflow import pytorch as mlflow_pytorch
+    if "sklearn" not in info.flavors:
+        raise ValueError(f"{model_uri} has flavors {sorted(info.flavors)}; the platform serves the pipelines it logs "
+                         "with the sklearn flavor")
+    from mlflow import sklearn as mlflow_sklearn
 
-        from mlops_platform.core.torch_training import TorchClassifier
+    names, types, output = [], [], "string"
+    if info.signature is not None:
+        names = info.signature.inputs.input_names()
+        types = [str(getattr(t, "name", t)) for t in info.signature.inputs.input_types()]
+        outputs = info.signature.outputs.inputs if info.signature.outputs else []
+        output = _mlflow_type(outputs[0]) if outputs else output
+    model = mlflow_sklearn.load_model(model_uri)
+    return LoadedModel(name="", version="", model=model, feature_names=names, feature_types=types, output_type=output,
+                       flavor=_framework(model))
 
-        return TorchClassifier.from_logged(mlflow_pytorch.load_model(model_uri)), feature_names, "pytorch"
-    if "sklearn" in info.flavors:
-        from mlflow import sklearn as mlflow_sklearn
 
-        return mlflow_sklearn.load_model(model_uri), feature_names, "sklearn"
-    raise ValueError(f"{model_uri} has flavors {sorted(info.flavors)}; the platform serves sklearn and pytorch")
+def _framework(model: Model) -> str:
+    """What computes the predictions, for the V2 metadata's `platform`: sklearn, pytorch, xgboost, lightgbm, ..."""
+    final = model.steps[-1][1] if hasattr(model, "steps") else model
+    if isinstance(final, EncodedLabels):
+        final = final.estimator
+    module = type(final).__module__
+    return "pytorch" if module.startswith("mlops_platform.core.torch_training") else module.partition(".")[0]
+
+
+def _mlflow_type(spec) -> str:
+    """The element type of a column or tensor spec, as MLflow names it (double, long, string, ...)."""
+    import numpy as np
+
+    kind = getattr(spec, "type", None)
+    if isinstance(kind, np.dtype):  # a tensor spec: the predictions were an array
+        return {"f": "double", "i": "long", "u": "long", "b": "boolean"}.get(kind.kind, "string")
+    return getattr(kind, "name", "string")
 
 
 def load_registered(client, name: str, *, alias: Alias | None = None, version: str | None = None) -> LoadedModel:
@@ -311,5 +411,5 @@ def load_registered(client, name: str, *, alias: Alias | None = None, version: s
         raise ValueError("give exactly one of alias or version")
     if alias is not None:
         version = client.get_model_version_by_alias(name, alias).version
-    classifier, features, flavor = load_model_uri(f"models:/{name}/{version}")
-    return LoadedModel(name=name, version=str(version), classifier=classifier, feature_names=features, flavor=flavor)
+    loaded = load_model_uri(f"models:/{name}/{version}")
+    return dataclasses.replace(loaded, name=name, version=str(version))

@@ -11,6 +11,7 @@ import hashlib
 import json
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
@@ -54,6 +55,19 @@ class LandingStore(ABC):
     @abstractmethod
     def fingerprint(self, model: str) -> dict[str, str]:
         """Batch name → a change token (ETag or modification time); sensors compare these."""
+
+    @abstractmethod
+    def uri(self, model: str, name: str) -> str:
+        """Where a landing batch is, as a URI a person or another tool can open."""
+
+    @abstractmethod
+    def record_exclusion(self, model: str, name: str, token: str, reason: str) -> str:
+        """Note that a file the platform may not move (the model's own source data) is set aside, as long as it is
+        unchanged (`token`); returns where the note is."""
+
+    @abstractmethod
+    def exclusions(self, model: str) -> dict[str, str]:
+        """Name → change token of the source files set aside."""
 
 
 class FsspecLandingStore(LandingStore):
@@ -121,6 +135,97 @@ class FsspecLandingStore(LandingStore):
 
     def fingerprint(self, model: str) -> dict[str, str]:
         return {name: _change_token(info) for name, info in self._entries(model).items()}
+
+    def uri(self, model: str, name: str) -> str:
+        return f"{self.landing_uri}/{model}/{name}"
+
+    def _exclusions_folder(self, model: str) -> str:
+        return "/".join((self.quarantine_root.rstrip("/"), model, "excluded-source"))
+
+    def record_exclusion(self, model: str, name: str, token: str, reason: str) -> str:
+        folder = self._exclusions_folder(model)
+        self.fs.makedirs(folder, exist_ok=True)
+        key = f"{hashlib.sha256(name.encode()).hexdigest()[:16]}{REASON_SUFFIX}"
+        note = {"batch": name, "token": token, "reason": reason, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        self.fs.pipe_file(f"{folder}/{key}", json.dumps(note, indent=2).encode())
+        return f"{self.quarantine_uri}/{model}/excluded-source/{key}"
+
+    def exclusions(self, model: str) -> dict[str, str]:
+        folder = self._exclusions_folder(model)
+        if not self.fs.isdir(folder):
+            return {}
+        notes = [json.loads(self.fs.cat_file(path)) for path in self.fs.find(folder) if path.endswith(REASON_SUFFIX)]
+        return {note["batch"]: note["token"] for note in notes}
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One file of a model's data: a landing batch (the platform's to move) or a file of the model's own source
+    (the user's, read in place and never moved)."""
+
+    name: str
+    origin: str  # "landing" | "source"
+    token: str
+    uri: str
+
+
+class BatchCatalog:
+    """Every batch a model trains on: its landing batches and the files its `dataset.source` matches, on any fsspec
+    file system. Setting a batch aside quarantines a landing batch; a source file stays where it is and is noted as
+    excluded until it changes."""
+
+    def __init__(self, store: LandingStore, model: str, source: str | None = None,
+                 storage_options: dict[str, Any] | None = None):
+        self.store, self.model, self.source = store, model, source
+        self.storage_options = storage_options or {}
+
+    def _source_files(self) -> dict[str, tuple[str, dict]]:
+        if not self.source:
+            return {}
+        fs, pattern = fsspec.core.url_to_fs(self.source, **self.storage_options)
+        matched = fs.glob(pattern, detail=True) if fsspec.core.has_magic(pattern) else (
+            {pattern: fs.info(pattern)} if fs.exists(pattern) else {})
+        protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
+        files = {}
+        for path, info in sorted(matched.items()):
+            name = path.rstrip("/").rsplit("/", 1)[-1]
+            if info.get("type") == "file" and is_batch(name):
+                files[name] = (path if protocol in ("file", "local") else f"{protocol}://{path}", info)
+        return files
+
+    def batches(self) -> list[Batch]:
+        """Sorted by name; a landing batch hides a source file of the same name."""
+        excluded = self.store.exclusions(self.model)
+        found: dict[str, Batch] = {}
+        for name, (uri, info) in self._source_files().items():
+            token = _change_token(info)
+            if excluded.get(name) != token:
+                found[name] = Batch(name, "source", token, uri)
+        for name, token in self.store.fingerprint(self.model).items():
+            found[name] = Batch(name, "landing", token, self.store.uri(self.model, name))
+        return [found[name] for name in sorted(found)]
+
+    def fingerprint(self) -> dict[str, str]:
+        return {batch.name: batch.token for batch in self.batches()}
+
+    def read(self, batch: Batch) -> bytes:
+        if batch.origin == "landing":
+            return self.store.read(self.model, batch.name)
+        with fsspec.open(batch.uri, "rb", **self.storage_options) as fh:
+            return fh.read()
+
+    def find(self, name: str) -> Batch:
+        for batch in self.batches():
+            if batch.name == name:
+                return batch
+        known = [b.name for b in self.batches()]
+        raise KeyError(f"model {self.model!r} has no batch {name!r}; its batches are {known}")
+
+    def set_aside(self, batch: Batch, reason: str) -> str:
+        """Out of training from now on, never deleted; returns where the batch (or its note) went."""
+        if batch.origin == "landing":
+            return self.store.quarantine(self.model, batch.name, reason)
+        return self.store.record_exclusion(self.model, batch.name, batch.token, reason)
 
 
 def _change_token(info: dict) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mlops_platform.core.training import labels_from_proba
+from mlops_platform.core.training import predict
 from mlops_platform.integrations.registry import LoadedModel
 
 
@@ -111,9 +111,9 @@ class RevisionBatcher:
         try:
             matrix = np.concatenate([m for m, _ in batch]) if len(batch) > 1 else batch[0][0]
             started = time.perf_counter()
-            proba = self.loaded.classifier.predict_proba(matrix)
+            result = predict(self.loaded.model, matrix)
             self.timer.observe(time.perf_counter() - started)
-            return labels_from_proba(self.loaded.classifier.classes_, proba), proba
+            return result
         except Exception as exc:  # handed to each request of the batch
             return exc
 
@@ -133,7 +133,8 @@ class RevisionBatcher:
                 future.set_exception(result)
             else:
                 labels, proba = result
-                future.set_result((labels[start:start + len(matrix)], proba[start:start + len(matrix)]))
+                end = start + len(matrix)
+                future.set_result((labels[start:end], None if proba is None else proba[start:end]))
             start += len(matrix)
 
     def _next(self) -> None:

@@ -13,7 +13,7 @@ from kserve import Model
 from kserve.protocol.infer_type import InferRequest
 
 from mlops_platform.core.canary import Revision
-from mlops_platform.core.training import labels_from_proba
+from mlops_platform.core.training import predict as model_predict
 from mlops_platform.integrations.registry import LoadedModel
 from mlops_platform.serving import protocol
 from mlops_platform.serving.batching import RevisionBatcher
@@ -45,6 +45,8 @@ class EndpointModel(Model):
         self.max_rows = max_rows
         self.stable_label = stable_label
         self._splitter = Splitter(routing.canary_percent if canary else 0)
+        self._schemas = {id(m): protocol.InputSchema.from_signature(m.feature_names, m.feature_types)
+                         for m in (stable, canary) if m is not None}
         revisions = (stable_label, Revision.CANARY) if canary else (stable_label,)
         self._threads = {rev: ThreadPoolExecutor(1, thread_name_prefix=f"{name}-{rev}") for rev in revisions}
         loaded_by_revision = {stable_label: stable, Revision.CANARY: canary}
@@ -69,10 +71,11 @@ class EndpointModel(Model):
             pool.shutdown(wait=False)
 
     def get_input_types(self) -> list[dict]:
-        return protocol.input_metadata(self.stable.feature_names)
+        return protocol.input_metadata(self._schemas[id(self.stable)])
 
     def get_output_types(self) -> list[dict]:
-        return protocol.output_metadata(len(self.stable.classifier.classes_))
+        classes = self.stable.classes
+        return protocol.output_metadata(self.stable.output_type, None if classes is None else len(classes))
 
     async def predict(self, payload: Any, headers: dict[str, str] | None = None, response_headers=None):
         note = CURRENT_REQUEST.get()
@@ -86,17 +89,17 @@ class EndpointModel(Model):
             note["revision"], note["version"] = revision, loaded.version
         v2 = isinstance(payload, InferRequest)
         parse = protocol.parse_v2 if v2 else protocol.parse_v1
+        schema = self._schemas[id(loaded)]
         if self._batchers:
             if protocol.row_count(payload) <= INLINE_ROWS:
-                matrix = parse(payload, loaded.feature_names, self.max_rows)
+                matrix = parse(payload, schema, self.max_rows)
             else:
-                matrix = await asyncio.get_running_loop().run_in_executor(None, parse, payload, loaded.feature_names,
-                                                                          self.max_rows)
+                matrix = await asyncio.get_running_loop().run_in_executor(None, parse, payload, schema, self.max_rows)
             labels, proba = await self._batchers[revision].submit(matrix)
             if v2:
-                return protocol.v2_response(self.name, loaded.version, payload, labels, proba)
+                return protocol.v2_response(self.name, loaded.version, payload, labels, proba, loaded.output_type)
             return protocol.v1_response(labels)
-        work = (parse, payload, loaded, self.max_rows, self._timers[revision])
+        work = (parse, payload, loaded, schema, self.max_rows, self._timers[revision])
         if self.canary is None and protocol.row_count(payload) <= INLINE_ROWS:
             labels, proba = _parse_and_classify(*work)
         else:  # turning a large body into a matrix takes as long as predicting it: both off the loop
@@ -106,13 +109,14 @@ class EndpointModel(Model):
                 future = asyncio.to_thread(_parse_and_classify, *work)
             labels, proba = await future
         if v2:
-            return protocol.v2_response(self.name, loaded.version, payload, labels, proba)
+            return protocol.v2_response(self.name, loaded.version, payload, labels, proba, loaded.output_type)
         return protocol.v1_response(labels)
 
 
-def _parse_and_classify(parse, payload: Any, loaded: LoadedModel, max_rows: int, timer) -> tuple[np.ndarray, np.ndarray]:
-    matrix = parse(payload, loaded.feature_names, max_rows)
+def _parse_and_classify(parse, payload: Any, loaded: LoadedModel, schema: protocol.InputSchema, max_rows: int,
+                        timer) -> tuple[np.ndarray, np.ndarray | None]:
+    matrix = parse(payload, schema, max_rows)
     started = time.perf_counter()
-    proba = loaded.classifier.predict_proba(matrix)
+    result = model_predict(loaded.model, matrix)
     timer.observe(time.perf_counter() - started)
-    return labels_from_proba(loaded.classifier.classes_, proba), proba
+    return result

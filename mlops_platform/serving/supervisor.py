@@ -9,6 +9,7 @@ and resets once it has run for a while. SIGTERM or SIGINT stops the server and t
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import json
 import os
@@ -21,7 +22,8 @@ FIRST_BACKOFF_S, MAX_BACKOFF_S, HEALTHY_AFTER_S = 0.1, 5.0, 30.0
 STOP_GRACE_S = 15.0
 # What the server imports at start and when it loads a model; imported once here so that each fork starts warm.
 PRELOAD = ("mlops_platform.serving.__main__", "mlops_platform.serving.server", "mlops_platform.serving.api",
-           "mlops_platform.serving.repository", "mlflow.sklearn", "mlflow.pytorch", "skops.io", "torch")
+           "mlops_platform.serving.repository", "mlflow.sklearn", "skops.io", "cloudpickle", "torch",
+           "mlops_platform.core.training", "mlops_platform.core.torch_training")
 
 
 def _serve(server_args: list[str]) -> None:
@@ -74,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     for module in PRELOAD:
         importlib.import_module(module)
+    # What the imports built lives as long as the process: out of the collector's sight, a full collection triggered
+    # by a large request no longer walks it (hundreds of milliseconds holding the GIL), and forks share its pages.
+    gc.collect()
+    gc.freeze()
     backoff, starts = FIRST_BACKOFF_S, 0
     while not stopping:
         started = time.monotonic()

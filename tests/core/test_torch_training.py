@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mlops_platform.core import data, training
+from mlops_platform.core import data
 from mlops_platform.core.spec import load_specs
 from mlops_platform.core.torch_training import choose_device, fit_mlp
 
@@ -14,7 +14,7 @@ SPEC = next(s for s in load_specs() if s.name == "digits")
 
 def _arrays():
     frame = pd.concat(data.bundled_batches(SPEC.dataset, 1))
-    return training.feature_matrix(frame, SPEC.dataset.features), frame[SPEC.dataset.target].to_numpy()
+    return data.model_input(frame, SPEC.dataset), frame[SPEC.dataset.target].to_numpy()
 
 
 def test_training_is_seeded_and_stops_early():

@@ -10,7 +10,7 @@ import dagster as dg
 from mlops_platform.core import data
 from mlops_platform.defs.automation import build_new_batch_sensor, build_retrain_schedule
 from mlops_platform.defs.model_assets import job_name
-from mlops_platform.defs.resources import LandingResource
+from mlops_platform.defs.resources import LandingResource, MLflowResource
 from tests.support import breast_cancer
 
 SPEC = breast_cancer()
@@ -18,7 +18,8 @@ JOB = dg.define_asset_job(job_name(SPEC), selection=dg.AssetSelection.groups(SPE
 
 
 def evaluate(sensor, landing, cursor):
-    context = dg.build_sensor_context(cursor=cursor, resources={"landing": landing})
+    mlflow = MLflowResource(tracking_uri=f"sqlite:///{landing.landing_uri}/../mlflow.db")
+    context = dg.build_sensor_context(cursor=cursor, resources={"landing": landing, "mlflow": mlflow})
     return sensor(context), context.cursor
 
 

@@ -47,7 +47,7 @@ def routing() -> dict:
 
 def rows(n: int = 64) -> list[list[float]]:
     frame = data.bundled_batches(SPEC.dataset, 1)[0].head(n)
-    return frame[SPEC.dataset.features].to_numpy(dtype=float).tolist()
+    return frame[SPEC.dataset.feature_names].to_numpy(dtype=float).tolist()
 
 
 def register_broken_version() -> str:

@@ -52,7 +52,7 @@ def holdout_rows(n: int = 4) -> tuple[list[list[float]], list[int]]:
     from mlops_platform.core import data
 
     frame = data.bundled_batches(SPEC.dataset, 1)[0].head(n)
-    return frame[SPEC.dataset.features].to_numpy(dtype=float).tolist(), frame[SPEC.dataset.target].tolist()
+    return frame[SPEC.dataset.feature_names].to_numpy(dtype=float).tolist(), frame[SPEC.dataset.target].tolist()
 
 
 def test_first_run_trains_registers_promotes_and_serves(first_run, right_after_first_run):
@@ -73,7 +73,7 @@ def test_first_run_trains_registers_promotes_and_serves(first_run, right_after_f
     run = client.get_run(meta["trained_model"]["mlflow_run_id"])
     assert run.data.tags["dagster_run_id"] == first_run.run_id
     assert {"holdout_f1", "holdout_accuracy", "holdout_roc_auc"} <= set(run.data.metrics)
-    assert run.data.params["step1.class"] == "sklearn.linear_model.LogisticRegression"
+    assert run.data.params["step0.class"] == "sklearn.linear_model.LogisticRegression"
     assert client.get_model_version(NAME, version).tags["quality_gate"] == "passed"
 
     _, expected = holdout_rows()
@@ -93,7 +93,7 @@ def test_logged_model_requirements_are_minimal(first_run):
     assert "scikit-learn==" in requirements
     assert "torch" not in requirements
     info = mlflow.models.get_model_info(uri)
-    assert info.signature.inputs.input_names() == SPEC.dataset.features
+    assert info.signature.inputs.input_names() == SPEC.dataset.feature_names
     assert info.saved_input_example_info is not None
 
 

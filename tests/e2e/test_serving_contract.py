@@ -24,8 +24,8 @@ def served(platform_home) -> dict[str, dict]:
     for key, spec in SPECS.items():
         serve_model(spec)
         frame = data.bundled_batches(spec.dataset, 1)[0].head(4)
-        out[key] = {"name": spec.registered_name, "width": len(spec.dataset.features),
-                    "rows": frame[spec.dataset.features].to_numpy(dtype=float).tolist(),
+        out[key] = {"name": spec.registered_name, "width": len(spec.dataset.feature_names),
+                    "rows": frame[spec.dataset.feature_names].to_numpy(dtype=float).tolist(),
                     "labels": frame[spec.dataset.target].tolist(),
                     "version": registry().version_for(spec.registered_name, "champion")}
     return out
@@ -183,7 +183,7 @@ def test_health_answers_while_a_maximum_size_request_computes(served):
 def test_batching_on_and_off_give_identical_predictions(served):
     info = served["breast_cancer"]
     backend = serving()
-    rows = data.bundled_batches(SPECS["breast_cancer"].dataset, 1)[0][SPECS["breast_cancer"].dataset.features]
+    rows = data.bundled_batches(SPECS["breast_cancer"].dataset, 1)[0][SPECS["breast_cancer"].dataset.feature_names]
     bodies = [{"instances": rows.iloc[i:i + 3].to_numpy(dtype=float).tolist()} for i in range(0, 120, 3)]
 
     def answers() -> list:

@@ -37,7 +37,7 @@ def test_torch_model_is_logged_gated_promoted_and_served(digits_run):
     assert metadata["inputs"][0]["shape"] == [-1, 64]
 
     frame = data.bundled_batches(SPEC.dataset, 1)[0].head(8)
-    rows = frame[SPEC.dataset.features].to_numpy(dtype=float).tolist()
+    rows = frame[SPEC.dataset.feature_names].to_numpy(dtype=float).tolist()
     answer = requests.post(f"{base}/v1/models/digits:predict", json={"instances": rows}, timeout=10).json()
     accuracy = np.mean(np.array(answer["predictions"]) == frame[SPEC.dataset.target].to_numpy())
     assert accuracy >= 0.75

@@ -9,7 +9,7 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from mlops_platform.integrations.storage import FsspecLandingStore, is_batch
+from mlops_platform.integrations.storage import BatchCatalog, FsspecLandingStore, is_batch
 
 BATCH = b"a,b,target\n1,2,0\n3,4,1\n"
 
@@ -101,3 +101,43 @@ def test_a_badly_named_batch_is_quarantined_under_a_safe_key_with_its_name_in_th
     moved = Path(store.quarantine("m", name, "bad name"))
     assert len(moved.name) < 60 and moved.read_bytes() == BATCH
     assert json.loads(moved.with_name(moved.name + ".reason.json").read_text())["batch"] == name
+
+
+def _source_files(roots) -> str:
+    """Two CSV files of a user's own data beside the landing area, and a glob that matches them."""
+    base = roots[0].rsplit("/", 1)[0]
+    fs, root = fsspec.core.url_to_fs(base)
+    fs.makedirs(f"{root}/own", exist_ok=True)
+    for name in ("jan.csv", "feb.csv"):
+        fs.pipe_file(f"{root}/own/{name}", BATCH)
+    fs.pipe_file(f"{root}/own/notes.txt", b"not data")
+    return f"{base}/own/*.csv"
+
+
+def test_the_catalog_reads_source_files_in_place_beside_landing_batches(roots):
+    store = FsspecLandingStore(*roots)
+    catalog = BatchCatalog(store, "m", _source_files(roots))
+    store.write("m", "mar.csv", BATCH)
+    batches = {b.name: b for b in catalog.batches()}
+    assert sorted(batches) == ["feb.csv", "jan.csv", "mar.csv"]
+    assert batches["jan.csv"].origin == "source" and batches["mar.csv"].origin == "landing"
+    assert all(catalog.read(b) == BATCH for b in batches.values())
+    assert batches["mar.csv"].uri == f"{roots[0]}/m/mar.csv"
+
+
+def test_setting_aside_quarantines_landing_batches_and_notes_source_files_without_moving_them(roots):
+    store = FsspecLandingStore(*roots)
+    source = _source_files(roots)
+    catalog = BatchCatalog(store, "m", source)
+    store.write("m", "mar.csv", BATCH)
+    moved = catalog.set_aside(catalog.find("mar.csv"), "shuffled labels")
+    noted = catalog.set_aside(catalog.find("jan.csv"), "wrong month")
+    assert [b.name for b in catalog.batches()] == ["feb.csv"]
+    fs, root = fsspec.core.url_to_fs(source.rsplit("/", 1)[0])
+    assert fs.exists(f"{root}/jan.csv"), "the user's own file is never moved"
+    assert fs.cat_file(fsspec.core.url_to_fs(moved)[1]) == BATCH
+    assert json.loads(fs.cat_file(fsspec.core.url_to_fs(noted)[1]))["reason"] == "wrong month"
+    fs.pipe_file(f"{root}/jan.csv", BATCH + b"5,6,0\n")  # the user fixed the file: it counts again
+    assert [b.name for b in catalog.batches()] == ["feb.csv", "jan.csv"]
+    with pytest.raises(KeyError, match="has no batch 'nope.csv'"):
+        catalog.find("nope.csv")

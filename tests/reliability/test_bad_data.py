@@ -30,7 +30,7 @@ def versions() -> int:
 
 def with_infinity() -> bytes:
     frame = good_rows()
-    frame.loc[2, SPEC.dataset.features[0]] = float("inf")
+    frame.loc[2, SPEC.dataset.feature_names[0]] = float("inf")
     return data.encode_batch(frame)
 
 
@@ -41,7 +41,7 @@ def with_unknown_label() -> bytes:
 
 
 CASES = [
-    ("infinite.csv", with_infinity, "infinite values in feature columns"),
+    ("infinite.csv", with_infinity, "infinite value(s) in feature"),
     ("new-label.csv", with_unknown_label, "labels ['7'] in 'target' are not among the declared classes"),
     ("x" * 250 + ".csv", lambda: data.encode_batch(good_rows()), "is not allowed: use at most 128"),
     ("odd name;rm.csv", lambda: data.encode_batch(good_rows()), "is not allowed"),

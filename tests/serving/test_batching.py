@@ -42,7 +42,7 @@ class Timer:
 
 
 def batcher(model, settings: BatchSettings, inline_rows: int = 256) -> RevisionBatcher:
-    loaded = LoadedModel("m", "1", model, ["a", "b", "c"], "sklearn")
+    loaded = LoadedModel("m", "1", model, ["a", "b", "c"], ["double"] * 3, "long", "sklearn")
     return RevisionBatcher("m stable", loaded, Timer(), settings, ThreadPoolExecutor(1), inline_rows)
 
 

@@ -107,6 +107,6 @@ class ServingBackend(ABC):
         return self.metrics.snapshot(name)
 
     @contextmanager
-    def replay(self, name: str, rows: list[list[float]], rps: float) -> Iterator[None]:
+    def replay(self, name: str, rows: list[list | dict], rps: float) -> Iterator[None]:
         """Traffic to judge revisions by. Real users provide it in a cluster; locally holdout rows are replayed."""
         yield

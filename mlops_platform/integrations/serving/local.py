@@ -178,7 +178,7 @@ def _reap(pid: int) -> None:
 
 
 @contextmanager
-def replay_traffic(url: str, rows: list[list[float]], rps: float) -> Iterator[None]:
+def replay_traffic(url: str, rows: list[list | dict], rps: float) -> Iterator[None]:
     """Rows sent one per V1 request to `url` at about `rps`, from background threads, until the block ends."""
     stop = threading.Event()
     workers = max(1, min(8, int(rps // 50) + 1))
@@ -327,6 +327,6 @@ class LocalServing(ServingBackend):
         return self.process.stop()
 
     @contextmanager
-    def replay(self, name: str, rows: list[list[float]], rps: float) -> Iterator[None]:
+    def replay(self, name: str, rows: list[list | dict], rps: float) -> Iterator[None]:
         with replay_traffic(f"{self.base_url}/v1/models/{name}:predict", rows, rps):
             yield
