@@ -50,6 +50,9 @@ run: home ## seed landing, run the end-to-end job, print the endpoint and a pred
 	$(BIN)/dagster job execute -m mlops_platform.definitions -j $(JOB)
 	$(PY) -m mlops_platform.cli predict
 
+drift-demo: install ## the monitoring loop in one command: drift, failing checks, a drift-started retrain, a new champion
+	$(PY) examples/drift/run.py
+
 launch: home ## launch the job through the run launcher, as `dagster job launch` does
 	$(BIN)/dagster job launch -w workspace.yaml -j $(JOB)
 
@@ -90,4 +93,4 @@ lock: ## regenerate constraints.txt from the current virtualenv
 clean: stop ## stop the server and delete local state (MLflow store, Dagster home, landing)
 	rm -rf $(MLOPS_HOME)
 
-.PHONY: help install infra-tools home run launch lint test test-fast ui mlflow-ui stop validate bench synth checkov lock clean
+.PHONY: help install infra-tools home run drift-demo launch lint test test-fast ui mlflow-ui stop validate bench synth checkov lock clean

@@ -7,26 +7,38 @@ import dagster as dg
 from mlops_platform.core.spec import ModelSpec, SpecError, load_models
 from mlops_platform.defs.automation import build_canary_lease_sensor, build_new_batch_sensor, build_retrain_schedule, exclude_batch
 from mlops_platform.defs.model_assets import build_model_assets, job_name
+from mlops_platform.defs.monitoring import (
+    build_drift_retrain_sensor,
+    build_monitor_job_and_schedule,
+    build_monitoring,
+    drift_key,
+)
 from mlops_platform.defs.profiles import Profile, load_profile
 
 ALL_MODELS_JOB = "train_and_deploy_all"
 MODEL_TAG = "mlops/model"
 
 
+def training_selection(specs: list[ModelSpec]) -> dg.AssetSelection:
+    """The models' train-and-deploy assets: their groups without the drift reports, which run on their own schedule."""
+    return dg.AssetSelection.groups(*[s.name for s in specs]) - dg.AssetSelection.assets(*[drift_key(s) for s in specs])
+
+
 def model_definitions(spec: ModelSpec, profile: Profile) -> dg.Definitions:
     assets = build_model_assets(spec, profile.gpu_step_tags, profile.cpu_step_tags)
+    monitor_job, monitor_schedule = build_monitor_job_and_schedule(spec)
     job = dg.define_asset_job(
         job_name(spec),
-        selection=dg.AssetSelection.groups(spec.name),
+        selection=training_selection([spec]),
         description=f"Validate, train, register, gate, promote and serve {spec.name}.",
         # The cloud instance queues runs with the same value of this tag one at a time (deploy/dagster/instance.yaml).
         tags={MODEL_TAG: spec.name},
     )
     return dg.Definitions(
-        assets=assets,
-        jobs=[job],
-        schedules=[build_retrain_schedule(spec, job)],
-        sensors=[build_new_batch_sensor(spec, job)],
+        assets=[*assets, build_monitoring(spec, profile.cpu_step_tags)],
+        jobs=[job, monitor_job],
+        schedules=[build_retrain_schedule(spec, job), monitor_schedule],
+        sensors=[build_new_batch_sensor(spec, job), build_drift_retrain_sensor(spec, job)],
     )
 
 
@@ -54,7 +66,7 @@ def build_definitions(specs: list[ModelSpec] | None = None, profile: str | None 
             dg.get_dagster_logger().error(f"model spec not loaded: {error}")
     every_model = dg.define_asset_job(
         ALL_MODELS_JOB,
-        selection=dg.AssetSelection.groups(*[s.name for s in specs]),
+        selection=training_selection(specs),
         description="The end-to-end job for every declared model.",
     )
     return dg.Definitions.merge(

@@ -238,7 +238,8 @@ class AwsEnvironment(TerraformStack):
             database_host=db.address,
             artifact_root=f"s3://{bucket.bucket}/mlflow",
             io_env={"AWS_REGION": env.region, "MLOPS_BUCKET": bucket.bucket, "MLOPS_LANDING_URI": landing,
-                    "MLOPS_QUARANTINE_URI": f"s3://{bucket.bucket}/quarantine", "MLFLOW_TRACKING_URI": MLFLOW_IN_CLUSTER},
+                    "MLOPS_QUARANTINE_URI": f"s3://{bucket.bucket}/quarantine", "MLOPS_CAPTURE_URI": f"s3://{bucket.bucket}/capture",
+                    "MLFLOW_TRACKING_URI": MLFLOW_IN_CLUSTER},
             registry=registry,
             extra_manifests=karpenter_pools(env, node_role.name),
         ))
@@ -256,6 +257,7 @@ class AwsEnvironment(TerraformStack):
             "mlops_bucket": bucket.bucket,
             "mlops_landing_uri": landing,
             "mlops_quarantine_uri": f"s3://{bucket.bucket}/quarantine",
+            "mlops_capture_uri": f"s3://{bucket.bucket}/capture",
             "dagster_pg_host": db.address,
             "mlflow_tracking_uri": MLFLOW_IN_CLUSTER,
             "registry_url": registry,

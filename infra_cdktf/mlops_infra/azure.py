@@ -196,7 +196,7 @@ class AzureEnvironment(TerraformStack):
             artifact_root=f"{lake}/mlflow",
             io_env={"MLOPS_STORAGE_ACCOUNT": storage.name, "MLOPS_CONTAINER": container.name,
                     "MLOPS_LANDING_URI": f"{lake}/landing", "MLOPS_QUARANTINE_URI": f"{lake}/quarantine",
-                    "MLFLOW_TRACKING_URI": MLFLOW_IN_CLUSTER},
+                    "MLOPS_CAPTURE_URI": f"{lake}/capture", "MLFLOW_TRACKING_URI": MLFLOW_IN_CLUSTER},
             registry=registry.login_server,
         ))
         # AKS runs KEDA's operator itself (workload_autoscaler_profile); the chart adds its metrics adapter config.
@@ -212,6 +212,7 @@ class AzureEnvironment(TerraformStack):
             "mlops_bucket": container.name,
             "mlops_landing_uri": f"{lake}/landing",
             "mlops_quarantine_uri": f"{lake}/quarantine",
+            "mlops_capture_uri": f"{lake}/capture",
             "dagster_pg_host": db.fqdn,
             "mlflow_tracking_uri": MLFLOW_IN_CLUSTER,
             "registry_url": registry.login_server,

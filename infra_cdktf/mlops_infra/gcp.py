@@ -189,7 +189,7 @@ class GcpEnvironment(TerraformStack):
             artifact_root=f"gs://{bucket.name}/mlflow",
             io_env={"MLOPS_GCP_PROJECT": project, "MLOPS_BUCKET": bucket.name,
                     "MLOPS_LANDING_URI": f"gs://{bucket.name}/landing", "MLOPS_QUARANTINE_URI": f"gs://{bucket.name}/quarantine",
-                    "MLFLOW_TRACKING_URI": MLFLOW_IN_CLUSTER},
+                    "MLOPS_CAPTURE_URI": f"gs://{bucket.name}/capture", "MLFLOW_TRACKING_URI": MLFLOW_IN_CLUSTER},
             registry=registry_url,
         ))
         platform.releases["external-secrets"].values = [Fn.jsonencode({
@@ -202,6 +202,7 @@ class GcpEnvironment(TerraformStack):
             "mlops_bucket": bucket.name,
             "mlops_landing_uri": f"gs://{bucket.name}/landing",
             "mlops_quarantine_uri": f"gs://{bucket.name}/quarantine",
+            "mlops_capture_uri": f"gs://{bucket.name}/capture",
             "dagster_pg_host": db.private_ip_address,
             "mlflow_tracking_uri": MLFLOW_IN_CLUSTER,
             "registry_url": registry_url,

@@ -13,6 +13,7 @@ CONTRACT: dict[str, str] = {
     "mlops_bucket": "bucket (or storage container) for Dagster IO and MLflow artifacts → MLOPS_BUCKET / MLOPS_CONTAINER",
     "mlops_landing_uri": "landing location of raw batches → MLOPS_LANDING_URI",
     "mlops_quarantine_uri": "quarantine location of bad batches → MLOPS_QUARANTINE_URI",
+    "mlops_capture_uri": "captured requests and feedback of the served models → MLOPS_CAPTURE_URI",
     "dagster_pg_host": "managed PostgreSQL host → DAGSTER_PG_HOST (MLflow uses the same server)",
     "mlflow_tracking_uri": "in-cluster MLflow tracking server → MLFLOW_TRACKING_URI",
     "registry_url": "container registry for the serving and Dagster images → MLOPS_SERVING_IMAGE's prefix",

@@ -337,6 +337,32 @@ class SloSpec(_Strict):
         return SloThresholds(**self.model_dump())
 
 
+class MonitoringSpec(_Strict):
+    """What is watched once the model serves, and when drift or falling live quality starts a retrain."""
+
+    capture_rate: float = Field(0.1, ge=0.0, le=1.0, description="Share of requests whose inputs and predictions are "
+                                "captured (off the request path); 0 turns capture off.")
+    report_cron: str = Field("0 * * * *", description="When the drift report is computed (UTC); also on demand.")
+    window_hours: float = Field(24.0, gt=0.0, description="Captured rows younger than this are compared.")
+    max_rows: int = Field(100_000, ge=100, description="At most this many of the newest captured rows are compared.")
+    psi_threshold: float = Field(0.2, gt=0.0)
+    p_value: float = Field(0.01, gt=0.0, lt=1.0)
+    min_rows: int = Field(100, ge=10, description="Fewer captured rows than this give no drift verdict.")
+    retrain_drift_share: float = Field(0.3, gt=0.0, le=1.0, description="Retrain when at least this share of the "
+                                       "features drift (and enough new labelled data has landed).")
+    quality: GateSpec | None = Field(None, description="The floor on live quality (accuracy or f1; mae or rmse), "
+                                     "checked on labelled predictions: below it the check fails with ERROR and a "
+                                     "retrain may start.")
+    min_new_rows: int = Field(100, ge=1, description="Labelled rows new since the champion's data needed to retrain.")
+    cooldown_minutes: float = Field(360.0, ge=0.0, description="No second drift-triggered retrain within this time.")
+
+    @model_validator(mode="after")
+    def _live_metric(self) -> MonitoringSpec:
+        if self.quality is not None and self.quality.metric not in ("accuracy", "f1", "mae", "rmse"):
+            raise ValueError(f"monitoring.quality.metric: live quality is accuracy, f1, mae or rmse, not {self.quality.metric}")
+        return self
+
+
 class AutomationSpec(_Strict):
     """When the model retrains on its own."""
 
@@ -357,6 +383,7 @@ class ModelSpec(_Strict):
     canary: CanarySpec = Field(default_factory=CanarySpec)
     slo: SloSpec = Field(default_factory=SloSpec)
     automation: AutomationSpec = Field(default_factory=AutomationSpec)
+    monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
 
     @field_validator("name")
     @classmethod

@@ -15,7 +15,7 @@ from mlops_platform.core import data, evaluation, training
 from mlops_platform.core import metrics as metric_table
 from mlops_platform.core.canary import Outcome
 from mlops_platform.core.spec import ModelSpec
-from mlops_platform.defs.release import batching, begin_release, guard_champion, release_canary, release_ttl
+from mlops_platform.defs.release import begin_release, guard_champion, release_canary, release_ttl, serving_options
 from mlops_platform.defs.resources import LandingResource, MLflowResource, ServingResource
 from mlops_platform.defs.types import (
     CanaryRelease,
@@ -309,7 +309,7 @@ def build_model_assets(spec: ModelSpec, gpu_step_tags: dict | None = None, cpu_s
         try:
             lock.renew(owner, release_ttl(spec))  # a release that lost its lock must not promote
             previous = mlflow.get_registry().promote(spec.registered_name, release.version)
-            backend.deploy(spec.registered_name, release.version, batching=batching(spec))
+            backend.deploy(spec.registered_name, release.version, **serving_options(spec))
         except BaseException:
             lock.release(owner)
             raise

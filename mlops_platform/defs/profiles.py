@@ -79,13 +79,15 @@ def _local() -> Profile:
     return Profile(
         resources={
             "mlflow": mlflow,
-            "landing": LandingResource(landing_uri=str(home / "landing"), quarantine_uri=str(home / "quarantine")),
+            "landing": LandingResource(landing_uri=str(home / "landing"), quarantine_uri=str(home / "quarantine"),
+                                       capture_uri=str(home / "capture")),
             "serving": LocalServingResource(
                 mlflow=mlflow,
                 host="127.0.0.1",
                 port=int(os.environ.get("MLOPS_SERVING_PORT", "8080")),
                 grpc_port=int(os.environ.get("MLOPS_GRPC_PORT", "8081")),
                 state_dir=str(home / "serving"),
+                capture_uri=str(home / "capture"),
             ),
             # One file per run and asset: concurrent runs of a model never read each other's hand-offs.
             "io_manager": RunScopedPickleIOManager(base_dir=str(home / "dagster_io")),
@@ -95,7 +97,7 @@ def _local() -> Profile:
 
 
 # The environment each cloud profile reads, set in the Dagster run environment by infra_cdktf (`io_env` there).
-CLOUD_ENV = ("MLFLOW_TRACKING_URI", "MLOPS_MLFLOW_UI_URL", "MLOPS_LANDING_URI", "MLOPS_QUARANTINE_URI",
+CLOUD_ENV = ("MLFLOW_TRACKING_URI", "MLOPS_MLFLOW_UI_URL", "MLOPS_LANDING_URI", "MLOPS_QUARANTINE_URI", "MLOPS_CAPTURE_URI",
              "MLOPS_KSERVE_NAMESPACE", "MLOPS_SERVING_IMAGE", "MLOPS_KSERVE_SERVICE_ACCOUNT", "MLOPS_SERVING_BASE_URL",
              "MLOPS_PROMETHEUS_URL")
 STORAGE_ENV = {
@@ -119,7 +121,8 @@ def _cloud(cloud: str, io_manager: dg.ConfigurableIOManager) -> Profile:
         resources={
             "mlflow": MLflowResource(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"), ui_url=dg.EnvVar("MLOPS_MLFLOW_UI_URL")),
             "landing": LandingResource(landing_uri=dg.EnvVar("MLOPS_LANDING_URI"),
-                                       quarantine_uri=dg.EnvVar("MLOPS_QUARANTINE_URI")),
+                                       quarantine_uri=dg.EnvVar("MLOPS_QUARANTINE_URI"),
+                                       capture_uri=dg.EnvVar("MLOPS_CAPTURE_URI")),
             "serving": KServeServingResource(
                 namespace=dg.EnvVar("MLOPS_KSERVE_NAMESPACE"),
                 image=dg.EnvVar("MLOPS_SERVING_IMAGE"),
@@ -128,6 +131,7 @@ def _cloud(cloud: str, io_manager: dg.ConfigurableIOManager) -> Profile:
                 base_url=dg.EnvVar("MLOPS_SERVING_BASE_URL"),
                 prometheus_url=dg.EnvVar("MLOPS_PROMETHEUS_URL"),
                 deployment_mode=os.environ.get("MLOPS_KSERVE_DEPLOYMENT_MODE", "Standard"),
+                capture_uri=dg.EnvVar("MLOPS_CAPTURE_URI"),
             ),
             "io_manager": io_manager,
         },

@@ -15,9 +15,9 @@ from mlops_platform.integrations.registry import CanaryStatus, ModelRegistry
 from mlops_platform.integrations.serving import Endpoint, ReleaseLock, ServingBackend
 
 
-def batching(spec: ModelSpec) -> dict:
-    """The spec's batching settings as the serving backends take them."""
-    return spec.serving.batching.model_dump()
+def serving_options(spec: ModelSpec) -> dict:
+    """The spec's batching and capture settings as the serving backends take them."""
+    return {"batching": spec.serving.batching.model_dump(), "capture_rate": spec.monitoring.capture_rate}
 
 
 def release_ttl(spec: ModelSpec) -> float:
@@ -47,7 +47,7 @@ def release_canary(spec: ModelSpec, registry: ModelRegistry, serving: ServingBac
     else:
         started = time.perf_counter()
         lease = CanaryLease(owner, time.time() + spec.canary.max_window_seconds + spec.canary.lease_margin_seconds)
-        serving.set_routing(name, stable, version, spec.canary.traffic_percent, lease=lease, batching=batching(spec))
+        serving.set_routing(name, stable, version, spec.canary.traffic_percent, lease=lease, **serving_options(spec))
         verdict = None
         try:
             with serving.replay(name, rows, spec.canary.replay_rps):
@@ -77,8 +77,8 @@ def guard_champion(spec: ModelSpec, registry: ModelRegistry, serving: ServingBac
         verdict = canary.watch(lambda: serving.snapshot(name), spec.slo.thresholds())
     if verdict.outcome == Outcome.ROLLBACK and previous is not None:
         registry.demote(name, version, previous, reason=verdict.reason)
-        return verdict, serving.deploy(name, previous, batching=batching(spec))
-    return verdict, serving.deploy(name, version, batching=batching(spec))
+        return verdict, serving.deploy(name, previous, **serving_options(spec))
+    return verdict, serving.deploy(name, version, **serving_options(spec))
 
 
 def reap_abandoned_canaries(names: Iterable[str], registry: ModelRegistry, serving: ServingBackend,

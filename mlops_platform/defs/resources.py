@@ -14,6 +14,7 @@ import dagster as dg
 from pydantic import Field
 
 from mlops_platform.core.spec import ModelSpec
+from mlops_platform.integrations.capture import CaptureStore
 from mlops_platform.integrations.registry import MlflowRegistry, ModelRegistry
 from mlops_platform.integrations.serving import ServingBackend
 from mlops_platform.integrations.storage import BatchCatalog, FsspecLandingStore, LandingStore
@@ -38,9 +39,17 @@ class LandingResource(dg.ConfigurableResource):
     quarantine_uri: str
     storage_options: dict[str, Any] = Field(default_factory=dict,
                                             description="Passed to the fsspec file system, e.g. {'anon': False}.")
+    capture_uri: str | None = Field(None, description="Where the serving runtime writes captured requests and "
+                                    "feedback; beside landing (`…/capture`) when unset.")
 
     def get_store(self) -> LandingStore:
         return FsspecLandingStore(self.landing_uri, self.quarantine_uri, self.storage_options)
+
+    def get_capture_store(self) -> CaptureStore:
+        """Captured requests and the labels that came back (the feedback route, or files dropped into
+        `{landing}/{model}/feedback/`)."""
+        uri = self.capture_uri or f"{self.landing_uri.rstrip('/').rsplit('/', 1)[0]}/capture"
+        return CaptureStore(uri, self.storage_options, labels_drop_uri=self.landing_uri)
 
     def get_catalog(self, spec: ModelSpec) -> BatchCatalog:
         """The model's batches: its landing folder plus the files its `dataset.source` names (unless bundled)."""
@@ -64,12 +73,14 @@ class LocalServingResource(ServingResource):
     grpc_port: int | None = Field(None, description="Open Inference Protocol over gRPC on the same host; off if unset")
     state_dir: str
     start_timeout_s: float = 90.0
+    capture_uri: str | None = Field(None, description="Where the server writes captured requests; capture off if unset")
 
     def get_backend(self) -> ServingBackend:
         from mlops_platform.integrations.serving.local import LocalServing, ServerProcess
 
         return LocalServing(ServerProcess(self.state_dir, self.host, self.port, self.mlflow.tracking_uri,
-                                          self.mlflow.registry_uri, self.start_timeout_s, self.grpc_port))
+                                          self.mlflow.registry_uri, self.start_timeout_s, self.grpc_port,
+                                          self.capture_uri))
 
 
 class KServeServingResource(ServingResource):
@@ -85,6 +96,7 @@ class KServeServingResource(ServingResource):
     kubeconfig: str | None = None
     ready_timeout_s: int = 600
     ready_poll_s: float = 5.0
+    capture_uri: str | None = None
 
     def get_backend(self) -> ServingBackend:
         from mlops_platform.integrations.serving.kserve import KServeServing
@@ -92,7 +104,7 @@ class KServeServingResource(ServingResource):
         return KServeServing(self.namespace, self.image, self.tracking_uri, service_account=self.service_account,
                              deployment_mode=self.deployment_mode, prometheus_url=self.prometheus_url,
                              base_url=self.base_url, kubeconfig=self.kubeconfig, ready_timeout_s=self.ready_timeout_s,
-                             ready_poll_s=self.ready_poll_s)
+                             ready_poll_s=self.ready_poll_s, capture_uri=self.capture_uri)
 
 
 KEEP_RUNS = 20  # per asset; a run still executing is always among the newest

@@ -17,10 +17,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from mlops_platform.core.metrics import Task
 from mlops_platform.core.spec import ModelSpec
 from mlops_platform.core.training import EncodedLabels, Model, is_classifier, predict
 
 BATCHES_ARTIFACT = "batches.json"
+REFERENCE_ARTIFACT = "reference_sample.parquet"
+REFERENCE_ROWS = 20_000  # the training rows kept as the drift reference: plenty for PSI and KS, small to store
+MONITORING_EXPERIMENT = "{name}-monitoring"
 
 
 class Alias(StrEnum):
@@ -98,6 +102,14 @@ class ModelRegistry(ABC):
                      documents: dict[str, dict]) -> LoggedRun:
         """One tracked run: parameters, holdout metrics, images, documents, the data it was trained on (an MLflow
         dataset input and the batch list) and the model with its signature."""
+
+    @abstractmethod
+    def reference_data(self, name: str, version: str) -> tuple[pd.DataFrame, Task]:
+        """The training rows (a sample) a registered version learnt from, and its task: the drift reference."""
+
+    @abstractmethod
+    def log_monitoring(self, name: str, version: str, report: dict, images: dict[str, bytes]) -> str:
+        """A drift report as a tracked run of the model's monitoring experiment; returns its URL."""
 
     @abstractmethod
     def trained_batches(self, name: str, version: str) -> list[dict] | None:
@@ -204,6 +216,7 @@ class MlflowRegistry(ModelRegistry):
                 for name, document in documents.items():
                     mlflow.log_dict(document, name)
                 mlflow.log_dict({"data_version": data.data_version, "batches": data.batches}, BATCHES_ARTIFACT)
+                _log_reference(data.frame[[*spec.dataset.feature_names, spec.dataset.target]])
                 mlflow.log_input(mlflow.data.from_pandas(data.frame, name=f"{spec.name}-train-{data.data_version[:12]}",
                                                          targets=spec.dataset.target, source=_dataset_source(data)),
                                  context="training")
@@ -212,6 +225,30 @@ class MlflowRegistry(ModelRegistry):
                 signature = infer_signature(inputs, labels)
                 info = _log_model(spec, model, inputs, signature)
         return LoggedRun(run.info.run_id, experiment_id, info.model_uri, self.run_url(experiment_id, run.info.run_id))
+
+    def reference_data(self, name: str, version: str) -> tuple[pd.DataFrame, Task]:
+        import mlflow
+
+        run = self.client().get_run(self.client().get_model_version(name, version).run_id)
+        with self._active():
+            path = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/{REFERENCE_ARTIFACT}")
+        return pd.read_parquet(path), Task(run.data.tags.get("task", Task.MULTICLASS))
+
+    def log_monitoring(self, name: str, version: str, report: dict, images: dict[str, bytes]) -> str:
+        import mlflow
+
+        with self._active():
+            experiment_id = self._experiment_id(MONITORING_EXPERIMENT.format(name=name))
+            with mlflow.start_run(experiment_id=experiment_id, run_name=f"drift v{version}",
+                                  tags={"model": name, "model_version": version, "kind": "drift_report"}) as run:
+                features = report.get("features") or []
+                mlflow.log_metrics({"share_drifted": report.get("share_drifted", 0.0), "captured_rows": report.get("rows", 0),
+                                    **{f"psi_{f['feature']}": f["psi"] for f in features},
+                                    **{f"live_{k}": v for k, v in (report.get("quality") or {}).items()}})
+                mlflow.log_dict(report, "drift_report.json")
+                for image_name, png in images.items():
+                    mlflow.log_image(_png(png), image_name)
+        return self.run_url(experiment_id, run.info.run_id)
 
     def trained_batches(self, name: str, version: str) -> list[dict] | None:
         import mlflow
@@ -287,6 +324,19 @@ class MlflowRegistry(ModelRegistry):
         if previous and previous != version:
             client.set_model_version_tag(name, previous, VersionTag.SUPERSEDED_BY, version)
         return previous
+
+
+def _log_reference(frame: pd.DataFrame) -> None:
+    """A sample of the training rows, the reference live inputs are compared with."""
+    import tempfile
+
+    import mlflow
+
+    sample = frame.sample(REFERENCE_ROWS, random_state=0) if len(frame) > REFERENCE_ROWS else frame
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / REFERENCE_ARTIFACT
+        sample.to_parquet(path, index=False)
+        mlflow.log_artifact(str(path))
 
 
 def _dataset_source(data: TrainingData):

@@ -34,6 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="serve this registered version (in a cluster, one predictor pod per revision)")
     parser.add_argument("--batching", default=None, metavar="JSON",
                         help="batching of the --model endpoints, e.g. '{\"max_batch_rows\": 64}'; off without it")
+    parser.add_argument("--capture-uri", default=None,
+                        help="where sampled requests (inputs, predictions, request ids) and feedback are written as "
+                             "Parquet (any fsspec location); capture is off without it")
+    parser.add_argument("--capture-rate", type=float, default=None,
+                        help="share of the --model endpoints' requests to capture")
+    parser.add_argument("--capture-queue-rows", type=int, default=100_000,
+                        help="captured rows held in memory at most; past it new rows are dropped and counted")
     parser.add_argument("--revision", default=Revision.STABLE, choices=list(Revision), type=Revision,
                         help="the revision label this server's requests carry in its metrics")
     return parser
@@ -48,7 +55,12 @@ def main(argv: list[str] | None = None) -> None:
     import mlflow
     import sklearn
 
-    from mlops_platform.serving.api import DEFAULT_MAX_BODY_BYTES, install_request_guards, install_routing_api
+    from mlops_platform.serving.api import (
+        DEFAULT_MAX_BODY_BYTES,
+        install_monitoring_api,
+        install_request_guards,
+        install_routing_api,
+    )
     from mlops_platform.serving.batching import BatchSettings
     from mlops_platform.serving.repository import EndpointRepository
     from mlops_platform.serving.routing import Routing
@@ -63,21 +75,24 @@ def main(argv: list[str] | None = None) -> None:
 
     # Requests are validated by the protocol layer (numbers only, right width); skip sklearn's per-call re-checks.
     sklearn.set_config(assume_finite=True, skip_parameter_validation=True)
+    from mlops_platform.serving.capture import CaptureWriter
     from mlops_platform.serving.protocol import DEFAULT_MAX_ROWS
 
+    capture = CaptureWriter(args.capture_uri, max_queue_rows=args.capture_queue_rows) if args.capture_uri else None
     repository = EndpointRepository(args.tracking_uri, args.registry_uri, args.routing_file, revision_label=args.revision,
-                                    max_rows=args.max_rows or DEFAULT_MAX_ROWS)
+                                    max_rows=args.max_rows or DEFAULT_MAX_ROWS, capture=capture)
     if args.model:
         batching = BatchSettings.from_spec(json.loads(args.batching)) if args.batching else None
         for pinned in args.model:
             name, _, version = pinned.partition("=")
-            repository.apply(name, Routing(stable=version, batching=batching))
+            repository.apply(name, Routing(stable=version, batching=batching, capture_rate=args.capture_rate or 0.0))
     else:
         repository.restore()
     repository.watch_leases()
     token = Path(args.control_token_file).read_text().strip() if args.control_token_file else None
     install_request_guards(model_server.app, repository, args.max_body_bytes or DEFAULT_MAX_BODY_BYTES, control_token=token)
     install_routing_api(model_server.app, repository)
+    install_monitoring_api(model_server.app, repository)
     try:
         import uvloop
 

@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import time
+import uuid
 
 import orjson
 from fastapi import FastAPI
@@ -20,7 +21,8 @@ from pydantic import BaseModel, Field
 from mlops_platform.core.canary import CanaryLease, Revision
 from mlops_platform.integrations.serving import ROUTING_PREFIX
 from mlops_platform.serving.batching import BatchSettings, ServerBusy
-from mlops_platform.serving.metrics import LATENCY, REQUESTS
+from mlops_platform.serving.capture import feedback_of
+from mlops_platform.serving.metrics import FEATURE_DRIFT, LATENCY, LIVE_QUALITY, REQUESTS
 from mlops_platform.serving.model import CURRENT_REQUEST, EndpointModel
 from mlops_platform.serving.protocol import TooManyRows
 from mlops_platform.serving.repository import EndpointRepository
@@ -62,6 +64,7 @@ class RoutingBody(BaseModel):
     canary_percent: int = Field(0, ge=0, le=100)
     lease: LeaseBody | None = None
     batching: BatchingBody | None = Field(None, description="absent: keep the endpoint's batching as it is")
+    capture_rate: float | None = Field(None, ge=0.0, le=1.0, description="absent: keep the endpoint's capture rate")
     force: bool = Field(False, description="serve versions that did not pass the quality gate (logged)")
 
 
@@ -92,7 +95,8 @@ def install_routing_api(app: FastAPI, repository: EndpointRepository) -> None:
         try:
             if body.batching is not None:
                 batching = BatchSettings.from_spec(body.batching.model_dump())
-            routing = Routing(body.stable, body.canary, body.canary_percent, lease, batching)
+            capture_rate = body.capture_rate if body.capture_rate is not None else (current.capture_rate if current else 0.0)
+            routing = Routing(body.stable, body.canary, body.canary_percent, lease, batching, capture_rate)
         except ValueError as exc:
             return _json(400, {"error": str(exc)})
         if body.force:
@@ -107,6 +111,49 @@ def install_routing_api(app: FastAPI, repository: EndpointRepository) -> None:
         except Exception as exc:  # the registry has no such version, or it cannot be loaded
             return _json(404, {"error": f"cannot serve {name} with {routing}: {exc}"})
         return model.routing.to_dict()
+
+
+class FeedbackItem(BaseModel):
+    request_id: str = Field(min_length=1, max_length=128)
+    label: str | int | float | bool
+    row: int = Field(0, ge=0, description="the row of the request this label is for")
+
+
+class FeedbackBody(BaseModel):
+    labels: list[FeedbackItem] = Field(min_length=1, max_length=10_000)
+
+
+class MonitoringBody(BaseModel):
+    version: str
+    feature_drift: dict[str, float] = Field(default_factory=dict)
+    live_quality: dict[str, float] = Field(default_factory=dict)
+
+
+def install_monitoring_api(app: FastAPI, repository: EndpointRepository) -> None:
+    """`POST /mlops/v1/endpoints/NAME/feedback`: ground truth for earlier predictions, by the request id every answer
+    carries (`X-Request-Id`, and `id` in V2), written beside the captured requests. `PUT …/monitoring`: the latest
+    drift report's figures, exported as the `mlops_feature_drift` and `mlops_live_quality` gauges. Both need the
+    control token."""
+
+    @app.post(ROUTING_PREFIX + "/{name}/feedback", status_code=202)
+    async def post_feedback(name: str, body: FeedbackBody):
+        if repository.routing_of(name) is None:
+            return _json(404, {"error": f"no endpoint named {name!r}"})
+        if repository.capture is None:
+            return _json(409, {"error": "capture is off on this server (no --capture-uri): feedback has nowhere to go"})
+        if not repository.capture.offer(feedback_of(name, [item.model_dump() for item in body.labels])):
+            return _json(503, {"error": "the capture queue is full; send the labels again shortly"})
+        return {"accepted": len(body.labels)}
+
+    @app.put(ROUTING_PREFIX + "/{name}/monitoring")
+    async def put_monitoring(name: str, body: MonitoringBody):
+        if repository.routing_of(name) is None:
+            return _json(404, {"error": f"no endpoint named {name!r}"})
+        for feature, value in body.feature_drift.items():
+            FEATURE_DRIFT.labels(name, feature).set(value)
+        for metric_name, value in body.live_quality.items():
+            LIVE_QUALITY.labels(name, metric_name, body.version).set(value)
+        return {"features": len(body.feature_drift), "metrics": len(body.live_quality)}
 
 
 class ControlAuthMiddleware:
@@ -140,6 +187,15 @@ def _json(status: int, content: dict) -> JSONResponse:
 V1_PATH = re.compile(r"^/v1/models/([^/:]+):(predict|explain)$")
 V2_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?(/infer|/ready|)$")
 UNKNOWN_MODEL = "__unknown__"  # the one metric label every unknown model name shares: labels stay bounded
+
+
+_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _request_id(headers: dict) -> str:
+    """The client's X-Request-Id when it is a plain token, else a new one: the key ground truth is joined on later."""
+    given = headers.get(b"x-request-id", b"")
+    return given.decode() if _REQUEST_ID.match(given) else uuid.uuid4().hex
 
 
 def _media_type(headers: dict) -> bytes:
@@ -192,7 +248,9 @@ class InferenceMiddleware:
         if v1 and v1.group(2) == "explain":
             return await _send_json(send, 404, {"error": f"model {name!r} serves predictions only: there is no :explain; use :predict"})
         started = time.perf_counter()
-        note = {"revision": "none", "version": "", "status": 500, "pinned": pinned}
+        request_id = _request_id(dict(scope["headers"]))
+        id_header = (b"x-request-id", request_id.encode())
+        note = {"revision": "none", "version": "", "status": 500, "pinned": pinned, "request_id": request_id}
         label = name if routing is not None else UNKNOWN_MODEL
         try:
             refused, scope, receive = await self._admit(scope, receive, v2 is not None)
@@ -207,12 +265,13 @@ class InferenceMiddleware:
                         note["status"], body = await _predict_v1(model, receive)
                     except ServerBusy as exc:
                         note["status"] = 503
-                        return await _send_json(send, 503, {"error": str(exc)}, busy_headers(exc))
-                    return await _send_bytes(send, note["status"], body)
+                        return await _send_json(send, 503, {"error": str(exc)}, [*busy_headers(exc), id_header])
+                    return await _send_bytes(send, note["status"], body, [id_header])
 
                 async def send_and_note(message):
                     if message["type"] == "http.response.start":
                         note["status"] = message["status"]
+                        message = {**message, "headers": [*message.get("headers", []), id_header]}
                     await send(message)
 
                 await self.app(scope, receive, send_and_note)

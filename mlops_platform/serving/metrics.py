@@ -6,7 +6,7 @@ work around them; these are measured end to end in an ASGI middleware.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 # Sub-millisecond to seconds: a tabular model answers in about a millisecond, a broken one may take seconds.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -29,3 +29,9 @@ COMPUTE = Histogram(
     ["model", "revision"],
     buckets=(0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
+
+# Published by the drift report (`PUT /mlops/v1/endpoints/NAME/monitoring`) and scraped with the request metrics.
+FEATURE_DRIFT = Gauge("mlops_feature_drift", "Population stability index of a feature's live values against the "
+                      "champion's training data, from the latest drift report", ["model", "feature"])
+LIVE_QUALITY = Gauge("mlops_live_quality", "A live quality metric on labelled predictions of the champion, from the "
+                     "latest drift report", ["model", "metric", "version"])

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from typing import Any
@@ -17,6 +19,7 @@ from mlops_platform.core.training import predict as model_predict
 from mlops_platform.integrations.registry import LoadedModel
 from mlops_platform.serving import protocol
 from mlops_platform.serving.batching import RevisionBatcher
+from mlops_platform.serving.capture import CaptureWriter, inputs_of
 from mlops_platform.serving.metrics import COMPUTE
 from mlops_platform.serving.routing import Routing, Splitter
 
@@ -39,8 +42,10 @@ class EndpointModel(Model):
     """
 
     def __init__(self, name: str, routing: Routing, stable: LoadedModel, canary: LoadedModel | None = None,
-                 stable_label: Revision = Revision.STABLE, max_rows: int = protocol.DEFAULT_MAX_ROWS):
+                 stable_label: Revision = Revision.STABLE, max_rows: int = protocol.DEFAULT_MAX_ROWS,
+                 capture: CaptureWriter | None = None):
         super().__init__(name)
+        self.capture = capture if routing.capture_rate > 0 else None
         self.routing, self.stable, self.canary = routing, stable, canary
         self.max_rows = max_rows
         self.stable_label = stable_label
@@ -96,27 +101,51 @@ class EndpointModel(Model):
             else:
                 matrix = await asyncio.get_running_loop().run_in_executor(None, parse, payload, schema, self.max_rows)
             labels, proba = await self._batchers[revision].submit(matrix)
+            self._capture(note, payload, revision, loaded, matrix, labels)
             if v2:
-                return protocol.v2_response(self.name, loaded.version, payload, labels, proba, loaded.output_type)
+                return protocol.v2_response(self.name, loaded.version, payload, labels, proba, loaded.output_type,
+                                            _request_id(note, payload))
             return protocol.v1_response(labels)
         work = (parse, payload, loaded, schema, self.max_rows, self._timers[revision])
         if self.canary is None and protocol.row_count(payload) <= INLINE_ROWS:
-            labels, proba = _parse_and_classify(*work)
+            labels, proba, matrix = _parse_and_classify(*work)
         else:  # turning a large body into a matrix takes as long as predicting it: both off the loop
             try:
                 future = asyncio.get_running_loop().run_in_executor(self._threads[revision], _parse_and_classify, *work)
             except RuntimeError:  # the routing changed under this request and released its threads: finish here
                 future = asyncio.to_thread(_parse_and_classify, *work)
-            labels, proba = await future
+            labels, proba, matrix = await future
+        self._capture(note, payload, revision, loaded, matrix, labels)
         if v2:
-            return protocol.v2_response(self.name, loaded.version, payload, labels, proba, loaded.output_type)
+            return protocol.v2_response(self.name, loaded.version, payload, labels, proba, loaded.output_type,
+                                        _request_id(note, payload))
         return protocol.v1_response(labels)
+
+    def _capture(self, note: dict | None, payload: Any, revision: Revision, loaded: LoadedModel, matrix: np.ndarray,
+                 labels: np.ndarray) -> None:
+        """Hand a sampled request to the capture writer: a queue append, nothing more, on the request path."""
+        if self.capture is None or random.random() >= self.routing.capture_rate:
+            return
+        self.capture.offer(inputs_of(self.name, _request_id(note, payload), loaded.version, revision,
+                                     loaded.feature_names, matrix, labels))
+
+
+def _request_id(note: dict | None, payload: Any) -> str:
+    """The id the middleware gave this request (the client's X-Request-Id, or a new one); over gRPC, the V2 id."""
+    if note is not None and note.get("request_id"):
+        return note["request_id"]
+    given = getattr(payload, "id", None)
+    if not given:
+        given = uuid.uuid4().hex
+        if isinstance(payload, InferRequest):
+            payload.id = given
+    return given
 
 
 def _parse_and_classify(parse, payload: Any, loaded: LoadedModel, schema: protocol.InputSchema, max_rows: int,
-                        timer) -> tuple[np.ndarray, np.ndarray | None]:
+                        timer) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     matrix = parse(payload, schema, max_rows)
     started = time.perf_counter()
-    result = model_predict(loaded.model, matrix)
+    labels, proba = model_predict(loaded.model, matrix)
     timer.observe(time.perf_counter() - started)
-    return result
+    return labels, proba, matrix

@@ -230,6 +230,8 @@ def _tensor(tensor: Any, max_values: int, any_type: bool = False) -> np.ndarray:
     expected = int(np.prod(shape, dtype=object))  # exact: a product that overflows int64 is still just a mismatch
     if len(flat) != expected:
         raise InvalidInput(f"input {tensor.name!r}: shape {shape} needs {expected} values, 'data' has {len(flat)}")
+    if expected == 0:  # a shape with a zero in it: nothing to predict, whatever its other sizes say
+        raise InvalidInput(f"input {tensor.name!r}: no rows to predict (shape {shape} holds no values)")
     if len(flat) > max_values:
         raise TooManyRows(f"input {tensor.name!r}: {len(flat)} values in one request; this server takes at most {max_values}")
     if flat.dtype.kind not in _NUMERIC_KINDS and not any_type:
@@ -250,7 +252,7 @@ def v2_predictions(predictions: np.ndarray, output_type: str) -> tuple[str, np.n
 
 
 def v2_response(model_name: str, version: str, request: InferRequest | None, predictions: np.ndarray,
-                proba: np.ndarray | None, output_type: str = "long") -> InferResponse:
+                proba: np.ndarray | None, output_type: str = "long", request_id: str | None = None) -> InferResponse:
     """`predict`, and `probabilities` for a classifier, as JSON or, when the request asks for it
     (`binary_data_output`, or `binary_data` on a requested output), as raw tensors after the JSON header: the binary
     tensor data extension."""
@@ -263,7 +265,7 @@ def v2_response(model_name: str, version: str, request: InferRequest | None, pre
         probabilities.set_data_from_numpy(proba.astype(np.float64), binary_data=False)
         outputs.append(probabilities)
     return InferResponse(
-        response_id=(request.id if request is not None else None) or "",
+        response_id=(request.id if request is not None else None) or request_id or "",
         model_name=model_name,
         model_version=version,
         infer_outputs=outputs,

@@ -13,6 +13,7 @@ from kserve.errors import ModelNotFound
 
 from mlops_platform.core.canary import Revision
 from mlops_platform.integrations.registry import Alias, CanaryStatus, LoadedModel, MlflowRegistry, load_registered
+from mlops_platform.serving.capture import CaptureWriter
 from mlops_platform.serving.model import EndpointModel
 from mlops_platform.serving.protocol import DEFAULT_MAX_ROWS
 from mlops_platform.serving.routing import Routing, RoutingStore
@@ -24,9 +25,11 @@ class EndpointRepository(ModelRepository):
     """Endpoints backed by the MLflow registry; routing is applied atomically and persisted."""
 
     def __init__(self, tracking_uri: str, registry_uri: str | None = None, routing_path: str | None = None,
-                 revision_label: Revision = Revision.STABLE, max_rows: int = DEFAULT_MAX_ROWS):
+                 revision_label: Revision = Revision.STABLE, max_rows: int = DEFAULT_MAX_ROWS,
+                 capture: CaptureWriter | None = None):
         super().__init__(models_dir="")
         self.max_rows = max_rows
+        self.capture = capture  # where sampled requests are captured; None: capture is off on this server
         # In a cluster each revision is its own pod; its label says which one it is in the shared metrics.
         self.revision_label = Revision(revision_label)
         self.registry = MlflowRegistry(tracking_uri, registry_uri)
@@ -46,7 +49,8 @@ class EndpointRepository(ModelRepository):
         with self._lock:
             stable = self._version(name, routing.stable)
             canary = self._version(name, routing.canary) if routing.canary else None
-            model = EndpointModel(name, routing, stable, canary, stable_label=self.revision_label, max_rows=self.max_rows)
+            model = EndpointModel(name, routing, stable, canary, stable_label=self.revision_label, max_rows=self.max_rows,
+                                  capture=self.capture)
             previous = self.get_model(name)
             self.update(model)
             if isinstance(previous, EndpointModel):

@@ -21,10 +21,13 @@ class Routing:
     canary_percent: int = 0
     lease: CanaryLease | None = None
     batching: BatchSettings | None = None  # None: every request predicted on its own
+    capture_rate: float = 0.0  # share of requests whose inputs and predictions are captured
 
     def __post_init__(self):
         if not 0 <= self.canary_percent <= 100:
             raise ValueError(f"canary_percent must be within 0..100, got {self.canary_percent}")
+        if not 0.0 <= self.capture_rate <= 1.0:
+            raise ValueError(f"capture_rate must be within 0..1, got {self.capture_rate}")
         if self.canary is None and (self.canary_percent or self.lease):
             raise ValueError("canary_percent and lease need a canary version")
 
@@ -39,7 +42,8 @@ class Routing:
     def from_dict(cls, raw: dict) -> Routing:
         lease, batching = raw.get("lease"), raw.get("batching")
         return cls(raw["stable"], raw.get("canary"), raw.get("canary_percent", 0),
-                   CanaryLease(**lease) if lease else None, BatchSettings(**batching) if batching else None)
+                   CanaryLease(**lease) if lease else None, BatchSettings(**batching) if batching else None,
+                   raw.get("capture_rate", 0.0))
 
 
 class Splitter:

@@ -1,5 +1,7 @@
 """Request parsing for KServe V1 and V2: every malformed shape is an InvalidInput with a message."""
 
+import re
+
 import numpy as np
 import pytest
 from kserve.errors import InvalidInput
@@ -80,3 +82,46 @@ def test_v2_response_carries_labels_probabilities_and_version():
     assert rest["model_version"] == "7"
     assert [o["name"] for o in rest["outputs"]] == ["predict", "probabilities"]
     assert rest["outputs"][0]["data"] == [1, 0]
+
+
+TYPED = protocol.InputSchema(("plan", "tenure", "autopay", "signup"), ("string", "number", "boolean", "datetime"))
+
+
+def test_typed_rows_as_lists_objects_and_v2_tensors_give_the_same_matrix():
+    row = ["pro", 12, True, "2025-03-01"]
+    as_list = protocol.parse_v1({"instances": [row]}, TYPED)
+    as_object = protocol.parse_v1({"instances": [dict(zip(TYPED.names, row, strict=True))]}, TYPED)
+    per_column = protocol.parse_v2(InferRequest("m", infer_inputs=[
+        InferInput("plan", [1], "BYTES", ["pro"]), InferInput("tenure", [1], "FP64", [12.0]),
+        InferInput("autopay", [1], "BOOL", [True]), InferInput("signup", [1], "BYTES", ["2025-03-01"])]), TYPED)
+    row_wise = protocol.parse_v2(InferRequest("m", infer_inputs=[
+        InferInput("input-0", [1, 4], "BYTES", ["pro", "12", "true", "2025-03-01"])]), TYPED)
+    for matrix in (as_list, as_object, per_column, row_wise):
+        assert matrix.dtype == object and matrix.shape == (1, 4)
+        assert list(matrix[0][:3]) == ["pro", 12.0, True] and str(matrix[0][3]).startswith("2025-03-01")
+    assert protocol.parse_v1({"instances": [[94110, 1, False, "2025-01-01"]]}, TYPED)[0][0] == "94110", \
+        "a number sent for a category is read as its text"
+
+
+@pytest.mark.parametrize("value, column, message", [
+    ("twelve", 1, "feature 'tenure': every value must be a number"),
+    ("yes", 2, "feature 'autopay': every value must be true or false"),
+    ("someday", 3, "'someday' is not an ISO 8601"),
+    (None, 0, "feature 'plan': null values are not accepted"),
+    (["nested"], 0, "every value must be a single value"),
+])
+def test_a_typed_value_of_the_wrong_kind_is_a_400_naming_the_feature(value, column, message):
+    row = ["pro", 12, True, "2025-03-01"]
+    row[column] = value
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        protocol.parse_v1({"instances": [row]}, TYPED)
+
+
+def test_outputs_follow_the_signature_and_probabilities_are_for_classifiers():
+    labels = np.array(["yes", "no"], dtype=object)
+    response = protocol.v2_response("m", "1", None, labels, None, "string", request_id="abc")
+    assert response.id == "abc"
+    assert [(o.name, o.datatype, o.data) for o in response.outputs] == [("predict", "BYTES", ["yes", "no"])]
+    values = protocol.v2_response("m", "1", None, np.array([1.5, 2.0]), None, "double").outputs[0]
+    assert (values.datatype, values.data) == ("FP64", [1.5, 2.0])
+    assert protocol.output_metadata("double", None) == [{"name": "predict", "datatype": "FP64", "shape": [-1]}]

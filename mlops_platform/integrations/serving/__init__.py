@@ -77,10 +77,12 @@ class ServingBackend(ABC):
 
     @abstractmethod
     def set_routing(self, name: str, stable: str, canary: str | None = None, canary_percent: int = 0, *,
-                    lease: CanaryLease | None = None, force: bool = False, batching: dict | None = None) -> None:
+                    lease: CanaryLease | None = None, force: bool = False, batching: dict | None = None,
+                    capture_rate: float | None = None) -> None:
         """Serve `stable`, and `canary` to `canary_percent` of requests until its lease runs out. Only versions that
         passed the quality gate serve, unless `force`. `batching` (the spec's `serving.batching`) replaces the
-        endpoint's batching; without it the endpoint keeps what it has."""
+        endpoint's batching, `capture_rate` (the spec's `monitoring.capture_rate`) its capture; without them the
+        endpoint keeps what it has."""
 
     @abstractmethod
     def canary_state(self, name: str) -> CanaryState | None:
@@ -91,12 +93,19 @@ class ServingBackend(ABC):
         """The lock that keeps releases of one endpoint from interleaving."""
 
     @abstractmethod
-    def deploy(self, name: str, version: str, *, force: bool = False, batching: dict | None = None) -> Endpoint:
+    def deploy(self, name: str, version: str, *, force: bool = False, batching: dict | None = None,
+               capture_rate: float | None = None) -> Endpoint:
         """Serve `version` as the only (stable) revision at 100%."""
 
     @abstractmethod
     def endpoint(self, name: str) -> Endpoint:
         """Where clients reach the endpoint now, and the version it serves."""
+
+    @abstractmethod
+    def publish_monitoring(self, name: str, version: str, feature_drift: dict[str, float],
+                           live_quality: dict[str, float]) -> None:
+        """Export the latest drift report's figures as gauges beside the request metrics (UnsupportedOperation
+        where the backend cannot)."""
 
     @abstractmethod
     def stop(self) -> bool:

@@ -42,7 +42,7 @@ class DeploymentMode(StrEnum):
 
 def predictor_spec(name: str, version: str, revision: Revision, *, image: str, tracking_uri: str,
                    service_account: str | None, canary_traffic_percent: int | None = None,
-                   batching: dict | None = None) -> Any:
+                   batching: dict | None = None, capture: dict | None = None) -> Any:
     """Our runtime as a custom predictor container, pinned to one registered version and labelled with its revision."""
     from kserve import V1beta1PredictorSpec
     from kubernetes.client import V1Container, V1ContainerPort, V1EnvVar, V1ResourceRequirements
@@ -52,7 +52,8 @@ def predictor_spec(name: str, version: str, revision: Revision, *, image: str, t
         image=image,
         args=["--host", "0.0.0.0", "--port", str(RUNTIME_PORT), "--tracking-uri", tracking_uri,
               "--model", f"{name}={version}", "--revision", str(revision),
-              *(["--batching", json.dumps(batching, sort_keys=True)] if batching else [])],
+              *(["--batching", json.dumps(batching, sort_keys=True)] if batching else []),
+              *(["--capture-uri", capture["uri"], "--capture-rate", str(capture["rate"])] if capture else [])],
         env=[V1EnvVar(name="MLOPS_MODEL_VERSION", value=version)],
         ports=[V1ContainerPort(container_port=RUNTIME_PORT, protocol="TCP")],
         resources=V1ResourceRequirements(requests={"cpu": "500m", "memory": "1Gi"}, limits={"memory": "2Gi"}),
@@ -64,13 +65,14 @@ def predictor_spec(name: str, version: str, revision: Revision, *, image: str, t
 def inference_service(name: str, stable: str, canary: str | None, canary_percent: int, *, namespace: str, image: str,
                       tracking_uri: str, service_account: str | None = None,
                       mode: DeploymentMode = DeploymentMode.STANDARD, serverless_percent: int | None = None,
-                      lease: CanaryLease | None = None, batching: dict | None = None) -> Any:
+                      lease: CanaryLease | None = None, batching: dict | None = None, capture: dict | None = None) -> Any:
     """The whole InferenceService for one endpoint and its routing; the routing and the canary's lease are also kept
     in an annotation, where the lease reaper reads them."""
     from kserve import V1beta1CanarySpec, V1beta1InferenceService, V1beta1InferenceServiceSpec, constants
     from kubernetes.client import V1ObjectMeta
 
-    common = {"image": image, "tracking_uri": tracking_uri, "service_account": service_account, "batching": batching}
+    common = {"image": image, "tracking_uri": tracking_uri, "service_account": service_account, "batching": batching,
+              "capture": capture}
     if mode == DeploymentMode.STANDARD:
         spec = V1beta1InferenceServiceSpec(
             predictor=predictor_spec(name, stable, Revision.STABLE, **common),
@@ -90,6 +92,7 @@ def inference_service(name: str, stable: str, canary: str | None, canary_percent
             name=name, namespace=namespace,
             annotations={"serving.kserve.io/deploymentMode": str(mode),
                          ROUTING_ANNOTATION: json.dumps({"stable": stable, "canary": canary, "batching": batching,
+                                                         "capture_rate": capture["rate"] if capture else 0.0,
                                                          "lease": asdict(lease) if lease and canary else None})},
             labels={"app.kubernetes.io/part-of": "mlops-platform", "mlops.platform/model": name},
         ),
@@ -113,8 +116,9 @@ class KServeServing(ServingBackend):
                  deployment_mode: DeploymentMode | str = DeploymentMode.STANDARD,
                  prometheus_url: str = "http://kube-prometheus-stack-prometheus.monitoring:9090",
                  base_url: str | None = None, kubeconfig: str | None = None, ready_timeout_s: int = 600,
-                 ready_poll_s: float = 5.0):
+                 ready_poll_s: float = 5.0, capture_uri: str | None = None):
         self.namespace, self.image, self.tracking_uri = namespace, image, tracking_uri
+        self.capture_uri = capture_uri  # the bucket path predictor pods write captured requests to
         self.service_account = service_account
         self.mode = DeploymentMode(deployment_mode)
         self.base_url = base_url
@@ -138,14 +142,18 @@ class KServeServing(ServingBackend):
             raise
 
     def _apply(self, name: str, stable: str, canary: str | None, canary_percent: int, serverless_percent: int | None,
-               lease: CanaryLease | None = None, batching: dict | None = None) -> dict:
+               lease: CanaryLease | None = None, batching: dict | None = None, capture_rate: float | None = None) -> dict:
         client = self.client()
         current = self._current(client, name)
         if batching is None and current is not None:  # keep what runs: changed arguments would restart the pods
             batching = _routing_annotation(current).get("batching")
+        if capture_rate is None and current is not None:
+            capture_rate = _routing_annotation(current).get("capture_rate")
+        capture = {"uri": self.capture_uri, "rate": capture_rate} if self.capture_uri and capture_rate else None
         isvc = inference_service(name, stable, canary, canary_percent, namespace=self.namespace, image=self.image,
                                  tracking_uri=self.tracking_uri, service_account=self.service_account,
-                                 mode=self.mode, serverless_percent=serverless_percent, lease=lease, batching=batching)
+                                 mode=self.mode, serverless_percent=serverless_percent, lease=lease, batching=batching,
+                                 capture=capture)
         if current is None:
             client.create(isvc, namespace=self.namespace)
         else:
@@ -155,13 +163,14 @@ class KServeServing(ServingBackend):
         return client.get(name, namespace=self.namespace)
 
     def set_routing(self, name: str, stable: str, canary: str | None = None, canary_percent: int = 0, *,
-                    lease: CanaryLease | None = None, force: bool = False, batching: dict | None = None) -> None:
+                    lease: CanaryLease | None = None, force: bool = False, batching: dict | None = None,
+                    capture_rate: float | None = None) -> None:
         # Who may patch InferenceServices is Kubernetes RBAC's to say (the Dagster service account); `force` is for
         # the local control API's quality-gate check and has nothing to switch off here.
         if self.mode == DeploymentMode.STANDARD:
-            self._apply(name, stable, canary, canary_percent, None, lease, batching)
+            self._apply(name, stable, canary, canary_percent, None, lease, batching, capture_rate)
         elif canary is not None:
-            self._apply(name, stable, canary, canary_percent, canary_percent, lease, batching)
+            self._apply(name, stable, canary, canary_percent, canary_percent, lease, batching, capture_rate)
         else:
             # Knative keeps the previous rolled-out revision: 0% to the candidate is the documented rollback.
             current = self._current(self.client(), name)
@@ -169,13 +178,15 @@ class KServeServing(ServingBackend):
             rolling_back = candidate not in (None, stable)
             self._apply(name, stable, candidate if rolling_back else None, 0, 0 if rolling_back else None)
 
-    def deploy(self, name: str, version: str, *, force: bool = False, batching: dict | None = None) -> Endpoint:
+    def deploy(self, name: str, version: str, *, force: bool = False, batching: dict | None = None,
+               capture_rate: float | None = None) -> Endpoint:
         if self.mode == DeploymentMode.SERVERLESS:
             current = self._current(self.client(), name)
             if current is not None and current["spec"]["predictor"].get("canaryTrafficPercent") is not None:
-                status = self._apply(name, version, version, 100, 100, batching=batching)  # promotion: candidate at 100%
+                # promotion: candidate at 100%
+                status = self._apply(name, version, version, 100, 100, batching=batching, capture_rate=capture_rate)
                 return self._endpoint(name, version, status)
-        status = self._apply(name, version, None, 0, None, batching=batching)
+        status = self._apply(name, version, None, 0, None, batching=batching, capture_rate=capture_rate)
         return self._endpoint(name, version, status)
 
     def canary_state(self, name: str) -> CanaryState | None:
@@ -196,6 +207,12 @@ class KServeServing(ServingBackend):
             raise RuntimeError(f"no InferenceService {name!r} in namespace {self.namespace!r}")
         version = _version_arg(current["spec"]["predictor"], name) or ""
         return self._endpoint(name, version, current)
+
+    def publish_monitoring(self, name: str, version: str, feature_drift: dict[str, float],
+                           live_quality: dict[str, float]) -> None:
+        # Each predictor pod exports its own metrics; a cluster-wide gauge needs a Pushgateway, not yet deployed.
+        raise UnsupportedOperation("in a cluster the drift gauges are not exported yet (no Pushgateway); the drift "
+                                   "report's figures are in its Dagster metadata and its MLflow run")
 
     def stop(self) -> bool:
         raise UnsupportedOperation(

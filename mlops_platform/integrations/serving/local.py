@@ -28,6 +28,7 @@ from mlops_platform.integrations.serving import (
     ReleaseBusy,
     ReleaseLock,
     ServingBackend,
+    UnsupportedOperation,
 )
 
 
@@ -43,8 +44,9 @@ class ServerProcess:
     SUPERVISOR = "mlops_platform.serving.supervisor"
 
     def __init__(self, state_dir: str | Path, host: str, port: int, tracking_uri: str, registry_uri: str | None = None,
-                 start_timeout_s: float = 90.0, grpc_port: int | None = None):
+                 start_timeout_s: float = 90.0, grpc_port: int | None = None, capture_uri: str | None = None):
         self.state_dir = Path(state_dir)
+        self.capture_uri = capture_uri
         self.host, self.port, self.grpc_port = host, port, grpc_port
         self.tracking_uri, self.registry_uri = tracking_uri, registry_uri
         self.start_timeout_s = start_timeout_s
@@ -117,6 +119,8 @@ class ServerProcess:
             server += ["--registry-uri", self.registry_uri]
         if self.grpc_port:
             server += ["--grpc-port", str(self.grpc_port)]
+        if self.capture_uri:
+            server += ["--capture-uri", self.capture_uri]
         return [sys.executable, "-m", self.SUPERVISOR, "--state-dir", str(self.state_dir), "--", *server]
 
     def ensure_running(self) -> int:
@@ -288,11 +292,14 @@ class LocalServing(ServingBackend):
         return FileReleaseLock(self.process.state_dir / "locks" / f"{name}.json", name)
 
     def set_routing(self, name: str, stable: str, canary: str | None = None, canary_percent: int = 0, *,
-                    lease: CanaryLease | None = None, force: bool = False, batching: dict | None = None) -> None:
+                    lease: CanaryLease | None = None, force: bool = False, batching: dict | None = None,
+                    capture_rate: float | None = None) -> None:
         self.process.ensure_running()
         body = {"stable": stable, "canary": canary, "canary_percent": canary_percent, "force": force}
         if batching is not None:
             body["batching"] = batching
+        if capture_rate is not None:
+            body["capture_rate"] = capture_rate
         if lease is not None:
             body["lease"] = {"owner": lease.owner, "seconds": max(lease.deadline - time.time(), 0.001)}
         response = requests.put(f"{self.base_url}{ROUTING_PREFIX}/{name}/routing", json=body, timeout=120,
@@ -307,13 +314,23 @@ class LocalServing(ServingBackend):
         response.raise_for_status()
         return response.json().get("versions", [])
 
-    def deploy(self, name: str, version: str, *, force: bool = False, batching: dict | None = None) -> Endpoint:
+    def deploy(self, name: str, version: str, *, force: bool = False, batching: dict | None = None,
+               capture_rate: float | None = None) -> Endpoint:
         """Serve `version` alone; the server swaps it in place, no restart, and reports what it serves."""
-        self.set_routing(name, version, force=force, batching=batching)
+        self.set_routing(name, version, force=force, batching=batching, capture_rate=capture_rate)
         served = self._served_versions(name)
         if served != [version]:
             raise RuntimeError(f"model server serves {name} versions {served}, expected [{version!r}]")
         return Endpoint(name=name, version=version, base_url=self.base_url)
+
+    def publish_monitoring(self, name: str, version: str, feature_drift: dict[str, float],
+                           live_quality: dict[str, float]) -> None:
+        if not self.process.live():
+            raise UnsupportedOperation(f"no local model server answers at {self.base_url}")
+        response = requests.put(f"{self.base_url}{ROUTING_PREFIX}/{name}/monitoring", timeout=10,
+                                json={"version": version, "feature_drift": feature_drift, "live_quality": live_quality},
+                                headers={"Authorization": f"Bearer {self.process.control_token()}"})
+        response.raise_for_status()
 
     def endpoint(self, name: str) -> Endpoint:
         if not self.process.live():
