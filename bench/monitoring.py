@@ -21,6 +21,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,6 +100,7 @@ def capture_overhead(seconds: float) -> dict:
         out = {}
         for label, rate in (("off", 0.0), ("rate_10pct", 0.1), ("rate_100pct", 1.0), ("off_again", 0.0)):
             serving.set_routing(name, version, capture_rate=rate)
+            time.sleep(3.0)  # the writer drains what the previous phase captured before this one is measured
             out[label] = wrk(url, {"instances": row}, 16, seconds, pid)
     off = (out["off"]["server_cpu_us_per_req"] + out["off_again"]["server_cpu_us_per_req"]) / 2
     return {

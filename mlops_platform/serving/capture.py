@@ -15,7 +15,6 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,13 +31,23 @@ INPUTS, FEEDBACK = "inputs", "feedback"
 
 @dataclass
 class Captured:
-    """One request's rows; `columns` builds what is stored (column name → values) on the writer's thread."""
+    """One request's rows, as they were: nothing is copied or converted on the request path. The writer stacks many
+    requests' matrices into one frame on its own thread."""
 
     model: str
     kind: str  # inputs | feedback
     at: float
-    rows: int
-    columns: Callable[[], dict]
+    request_id: str = ""
+    version: str = ""
+    revision: str = ""
+    feature_names: tuple[str, ...] = ()
+    matrix: np.ndarray | None = None
+    predictions: np.ndarray | None = None
+    labels: list[dict] | None = None
+
+    @property
+    def rows(self) -> int:
+        return len(self.matrix) if self.matrix is not None else len(self.labels or [])
 
 
 class CaptureWriter:
@@ -104,9 +113,8 @@ class CaptureWriter:
 
     def _write(self, model: str, kind: str, hour: str, group: list[Captured]) -> None:
         import fsspec
-        import pandas as pd
 
-        frame = pd.concat([pd.DataFrame(i.columns()) for i in group], ignore_index=True)
+        frame = feedback_frame(group) if kind == FEEDBACK else inputs_frame(group)
         path = f"{self.uri}/{model}/{kind}/{hour}/part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
         fs, target = fsspec.core.url_to_fs(path, **self.storage_options)
         fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
@@ -122,28 +130,52 @@ class CaptureWriter:
 
 def inputs_of(model: str, request_id: str, version: str, revision: str, feature_names: list[str], matrix: np.ndarray,
               predictions: np.ndarray) -> Captured:
-    """One request's capture: nothing is copied or converted here, on the request path."""
-    at = time.time()
-    return Captured(model, INPUTS, at, len(matrix),
-                    lambda: input_columns(request_id, at, version, revision, feature_names, matrix, predictions))
-
-
-def input_columns(request_id: str, at: float, version: str, revision: str, feature_names: list[str], matrix: np.ndarray,
-                  predictions: np.ndarray) -> dict:
-    """The stored columns of one request: identity, each feature, and the prediction per row."""
-    n = len(matrix)
-    columns = {"request_id": [request_id] * n, "row": np.arange(n), "ts": np.full(n, at),
-               "version": [version] * n, "revision": [str(revision)] * n}
-    for j, name in enumerate(feature_names):
-        column = matrix[:, j]
-        columns[name] = column if column.dtype != object else [str(v) if not isinstance(v, bool | float | int) else v
-                                                               for v in column]
-    columns["prediction"] = predictions.tolist() if predictions.dtype == object else predictions
-    return columns
+    return Captured(model, INPUTS, time.time(), request_id, version, str(revision), tuple(feature_names), matrix,
+                    predictions)
 
 
 def feedback_of(model: str, labels: list[dict]) -> Captured:
-    at = time.time()
-    return Captured(model, FEEDBACK, at, len(labels), lambda: {
-        "request_id": [str(x["request_id"]) for x in labels], "row": [int(x.get("row", 0)) for x in labels],
-        "label": [str(x["label"]) for x in labels], "ts": [at] * len(labels)})
+    return Captured(model, FEEDBACK, time.time(), labels=labels)
+
+
+def inputs_frame(group: list[Captured]):
+    """Many requests' rows as one frame: identity, each feature, and the prediction per row. A request's matrix is
+    stacked, not iterated, so the writer's work per request is a few microseconds."""
+    import pandas as pd
+
+    frames = []
+    for names, items in _by_features(group).items():
+        counts = np.array([len(i.matrix) for i in items])
+        matrix = np.concatenate([i.matrix for i in items])
+        columns = {
+            "request_id": np.repeat(np.array([i.request_id for i in items], dtype=object), counts),
+            "row": np.concatenate([np.arange(n) for n in counts]),
+            "ts": np.repeat(np.array([i.at for i in items]), counts),
+            "version": np.repeat(np.array([i.version for i in items], dtype=object), counts),
+            "revision": np.repeat(np.array([i.revision for i in items], dtype=object), counts),
+        }
+        for j, name in enumerate(names):
+            column = matrix[:, j]
+            columns[name] = column if column.dtype != object else np.array(
+                [v if isinstance(v, bool | int | float) else str(v) for v in column], dtype=object)
+        predictions = np.concatenate([np.asarray(i.predictions) for i in items])
+        columns["prediction"] = predictions if predictions.dtype != object else predictions.astype(str)
+        frames.append(pd.DataFrame(columns))
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def _by_features(group: list[Captured]) -> dict[tuple[str, ...], list[Captured]]:
+    out: dict[tuple[str, ...], list[Captured]] = {}
+    for item in group:
+        out.setdefault(item.feature_names, []).append(item)
+    return out
+
+
+def feedback_frame(group: list[Captured]):
+    import pandas as pd
+
+    labels = [(label, item.at) for item in group for label in item.labels]
+    return pd.DataFrame({"request_id": [str(x["request_id"]) for x, _ in labels],
+                         "row": [int(x.get("row", 0)) for x, _ in labels],
+                         "label": [str(x["label"]) for x, _ in labels],
+                         "ts": [at for _, at in labels]})
