@@ -39,6 +39,13 @@ infra_cdktf/node_modules/.installed: infra_cdktf/package.json infra_cdktf/packag
 
 infra-tools: infra_cdktf/node_modules/.installed .venv-checkov/.installed ## cdktf CLI and checkov for the infra checks
 
+# Azurite (npm), the Azure Blob emulator the storage tests run against; moto and the GCS emulator come with `.[test]`.
+tests/azurite/node_modules/.installed: tests/azurite/package.json tests/azurite/package-lock.json
+	cd tests/azurite && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+emulators: tests/azurite/node_modules/.installed ## the object-storage emulators the tests start on loopback
+
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $@
@@ -60,7 +67,7 @@ lint: install ## ruff, and the import-linter contracts that keep the layers apar
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
-test: install infra-tools lint ## the whole suite CI runs: lint, layer contracts, every test tier in random order
+test: install infra-tools emulators lint ## the whole suite CI runs: lint, layer contracts, every test tier in random order
 	$(BIN)/pytest
 
 test-fast: install ## the pure core, protocol, routing, storage and metrics tests: seconds, no servers
@@ -93,4 +100,4 @@ lock: ## regenerate constraints.txt from the current virtualenv
 clean: stop ## stop the server and delete local state (MLflow store, Dagster home, landing)
 	rm -rf $(MLOPS_HOME)
 
-.PHONY: help install infra-tools home run drift-demo launch lint test test-fast ui mlflow-ui stop validate bench synth checkov lock clean
+.PHONY: help install infra-tools emulators home run drift-demo launch lint test test-fast ui mlflow-ui stop validate bench synth checkov lock clean

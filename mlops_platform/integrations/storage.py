@@ -87,6 +87,7 @@ class FsspecLandingStore(LandingStore):
 
     def _entries(self, model: str) -> dict[str, dict]:
         folder = self._landing(model)
+        self.fs.invalidate_cache(folder)  # others write here too: never answer from a listing cached earlier
         try:
             listing = self.fs.ls(folder, detail=True, refresh=True) if self.fs.isdir(folder) else []
         except TypeError:  # file systems without a listings cache take no `refresh`
@@ -102,9 +103,21 @@ class FsspecLandingStore(LandingStore):
     def list_batches(self, model: str) -> list[str]:
         return sorted(self._entries(model))
 
+    @property
+    def local(self) -> bool:
+        return "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+
+    def _move(self, source: str, target: str) -> None:
+        """A rename on a local disk (a link moves as a link). An object store has no rename: the object is copied,
+        then deleted, so a crash in between leaves two copies, never none."""
+        if self.local:
+            self.fs.mv(source, target)
+        else:
+            self.fs.copy(source, target)
+            self.fs.rm(source)
+
     def is_link(self, model: str, name: str) -> bool:
-        local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
-        return local and bool(self.fs.info(self._landing(model, name)).get("islink"))
+        return self.local and bool(self.fs.info(self._landing(model, name)).get("islink"))
 
     def read(self, model: str, name: str) -> bytes:
         if self.is_link(model, name):
@@ -116,10 +129,13 @@ class FsspecLandingStore(LandingStore):
         if problem:
             raise ValueError(problem)
         path = self._landing(model, name)
-        partial = self._landing(model, f".{name}.partial")
         self.fs.makedirs(self._landing(model), exist_ok=True)
-        self.fs.pipe_file(partial, payload)
-        self.fs.mv(partial, path)  # a listing never shows half a file under the batch's own name
+        if self.local:
+            partial = self._landing(model, f".{name}.partial")
+            self.fs.pipe_file(partial, payload)
+            self.fs.mv(partial, path)  # a listing never shows half a file under the batch's own name
+        else:
+            self.fs.pipe_file(path, payload)  # an object appears whole or not at all
         return f"{self.landing_uri}/{model}/{name}"
 
     def quarantine(self, model: str, name: str, reason: str) -> str:
@@ -129,7 +145,7 @@ class FsspecLandingStore(LandingStore):
         key = f"{time.strftime('%Y%m%dT%H%M%S')}-{safe}"
         self.fs.makedirs(folder, exist_ok=True)
         # Move first, note second: a crash in between leaves the batch safe in quarantine, never lost.
-        self.fs.mv(self._landing(model, name), f"{folder}/{key}")
+        self._move(self._landing(model, name), f"{folder}/{key}")
         self.fs.pipe_file(f"{folder}/{key}{REASON_SUFFIX}", json.dumps({"batch": name, "reason": reason}, indent=2).encode())
         return f"{self.quarantine_uri}/{model}/{key}"
 
@@ -183,6 +199,7 @@ class BatchCatalog:
         if not self.source:
             return {}
         fs, pattern = fsspec.core.url_to_fs(self.source, **self.storage_options)
+        fs.invalidate_cache()  # the user adds files at any time: list them afresh
         matched = fs.glob(pattern, detail=True) if fsspec.core.has_magic(pattern) else (
             {pattern: fs.info(pattern)} if fs.exists(pattern) else {})
         protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol

@@ -14,12 +14,32 @@ from mlops_platform.integrations.storage import BatchCatalog, FsspecLandingStore
 BATCH = b"a,b,target\n1,2,0\n3,4,1\n"
 
 
-@pytest.fixture(params=["memory", "local"])
+@pytest.fixture(scope="module")
+def emulators(tmp_path_factory):
+    """moto's S3 server, the GCS emulator and Azurite, started once for this module and stopped by PID at its end."""
+    from tests.emulators import azure_server, gcs_server, s3_server
+
+    workdir = tmp_path_factory.mktemp("emulators")
+    with s3_server(workdir) as s3, gcs_server(workdir) as gcs, azure_server(workdir) as azure:
+        yield {"s3": s3, "gcs": gcs, "azure": azure}
+
+
+@pytest.fixture(params=["memory", "local", *(pytest.param(cloud, marks=pytest.mark.slow) for cloud in ("s3", "gcs", "azure"))])
 def roots(request, tmp_path) -> tuple[str, str]:
+    """The same store on an in-memory file system, a local folder, and real S3, GCS and Azure Blob servers, reached as
+    the cloud is reached: through the environment (endpoint and credential variables), never through code."""
     if request.param == "memory":
         base = f"memory://landing-tests-{uuid.uuid4().hex}"
-    else:
+    elif request.param == "local":
         base = str(tmp_path)
+    else:
+        from tests.emulators import environment, new_bucket
+
+        emulator = request.getfixturevalue("emulators")[request.param]
+        base = new_bucket(emulator)
+        stack = environment(emulator.env)
+        stack.__enter__()
+        request.addfinalizer(lambda: stack.__exit__(None, None, None))
     return f"{base}/landing", f"{base}/quarantine"
 
 
