@@ -60,6 +60,12 @@ run: home ## seed landing, run the end-to-end job, print the endpoint and a pred
 drift-demo: install ## the monitoring loop in one command: drift, failing checks, a drift-started retrain, a new champion
 	$(PY) examples/drift/run.py
 
+e2e-aws: install emulators ## the aws profile's whole job against moto's S3 server on loopback
+	$(BIN)/pytest -p no:randomly -k aws tests/e2e/test_cloud_profiles.py
+
+e2e-gcp: install emulators ## the gcp profile's whole job against the GCS emulator on loopback
+	$(BIN)/pytest -p no:randomly -k gcp tests/e2e/test_cloud_profiles.py
+
 launch: home ## launch the job through the run launcher, as `dagster job launch` does
 	$(BIN)/dagster job launch -w workspace.yaml -j $(JOB)
 
@@ -100,4 +106,4 @@ lock: ## regenerate constraints.txt from the current virtualenv
 clean: stop ## stop the server and delete local state (MLflow store, Dagster home, landing)
 	rm -rf $(MLOPS_HOME)
 
-.PHONY: help install infra-tools emulators home run drift-demo launch lint test test-fast ui mlflow-ui stop validate bench synth checkov lock clean
+.PHONY: help install infra-tools emulators home run drift-demo e2e-aws e2e-gcp launch lint test test-fast ui mlflow-ui stop validate bench synth checkov lock clean

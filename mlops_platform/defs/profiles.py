@@ -68,6 +68,17 @@ def local_home() -> Path:
     return Path(os.environ.get(HOME_ENV) or PROJECT_ROOT / "var").resolve()
 
 
+def _local_serving(mlflow: MLflowResource, home: Path, capture_uri: Any) -> LocalServingResource:
+    return LocalServingResource(
+        mlflow=mlflow,
+        host="127.0.0.1",
+        port=int(os.environ.get("MLOPS_SERVING_PORT", "8080")),
+        grpc_port=int(os.environ.get("MLOPS_GRPC_PORT", "8081")),
+        state_dir=str(home / "serving"),
+        capture_uri=capture_uri,
+    )
+
+
 def _local() -> Profile:
     home = local_home()
     mlflow = MLflowResource(
@@ -81,14 +92,7 @@ def _local() -> Profile:
             "mlflow": mlflow,
             "landing": LandingResource(landing_uri=str(home / "landing"), quarantine_uri=str(home / "quarantine"),
                                        capture_uri=str(home / "capture")),
-            "serving": LocalServingResource(
-                mlflow=mlflow,
-                host="127.0.0.1",
-                port=int(os.environ.get("MLOPS_SERVING_PORT", "8080")),
-                grpc_port=int(os.environ.get("MLOPS_GRPC_PORT", "8081")),
-                state_dir=str(home / "serving"),
-                capture_uri=str(home / "capture"),
-            ),
+            "serving": _local_serving(mlflow, home, str(home / "capture")),
             # One file per run and asset: concurrent runs of a model never read each other's hand-offs.
             "io_manager": RunScopedPickleIOManager(base_dir=str(home / "dagster_io")),
         },
@@ -112,30 +116,52 @@ def profile_env(cloud: str) -> tuple[str, ...]:
     return (*CLOUD_ENV, *STORAGE_ENV[cloud])
 
 
+# The one switch between a cloud profile and its run on one machine (no Kubernetes here): steps in the run's own
+# process, and the platform's KServe runtime on loopback instead of InferenceServices. Everything else is the cloud's.
+EXECUTOR_ENV = "MLOPS_EXECUTOR"  # k8s (default) | in_process
+SERVING_ENV = "MLOPS_SERVING"  # kserve (default) | local
+
+
+def _switch(variable: str, allowed: tuple[str, ...]) -> str:
+    value = os.environ.get(variable, allowed[0])
+    if value not in allowed:
+        raise ValueError(f"{variable}={value!r}: choose one of {list(allowed)}")
+    return value
+
+
 def _cloud(cloud: str, io_manager: dg.ConfigurableIOManager) -> Profile:
     """What every cloud shares: MLflow's tracking server, KServe in the cluster, Kubernetes steps, and the landing
     store on the cloud's object storage (its URI says which); only the IO manager's storage differs."""
     from dagster_k8s import k8s_job_executor
 
+    mlflow = MLflowResource(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"), ui_url=dg.EnvVar("MLOPS_MLFLOW_UI_URL"),
+                            # Set where the tracking URI is a database the client writes to itself (no tracking server).
+                            artifact_root=os.environ.get("MLOPS_MLFLOW_ARTIFACT_ROOT"))
+    in_process = _switch(EXECUTOR_ENV, ("k8s", "in_process")) == "in_process"
+    local_serving = _switch(SERVING_ENV, ("kserve", "local")) == "local"
+    if local_serving:
+        serving: Any = _local_serving(mlflow, local_home(), dg.EnvVar("MLOPS_CAPTURE_URI"))
+    else:
+        serving = KServeServingResource(
+            namespace=dg.EnvVar("MLOPS_KSERVE_NAMESPACE"),
+            image=dg.EnvVar("MLOPS_SERVING_IMAGE"),
+            tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"),
+            service_account=dg.EnvVar("MLOPS_KSERVE_SERVICE_ACCOUNT"),
+            base_url=dg.EnvVar("MLOPS_SERVING_BASE_URL"),
+            prometheus_url=dg.EnvVar("MLOPS_PROMETHEUS_URL"),
+            deployment_mode=os.environ.get("MLOPS_KSERVE_DEPLOYMENT_MODE", "Standard"),
+            capture_uri=dg.EnvVar("MLOPS_CAPTURE_URI"),
+        )
     return Profile(
         resources={
-            "mlflow": MLflowResource(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"), ui_url=dg.EnvVar("MLOPS_MLFLOW_UI_URL")),
+            "mlflow": mlflow,
             "landing": LandingResource(landing_uri=dg.EnvVar("MLOPS_LANDING_URI"),
                                        quarantine_uri=dg.EnvVar("MLOPS_QUARANTINE_URI"),
                                        capture_uri=dg.EnvVar("MLOPS_CAPTURE_URI")),
-            "serving": KServeServingResource(
-                namespace=dg.EnvVar("MLOPS_KSERVE_NAMESPACE"),
-                image=dg.EnvVar("MLOPS_SERVING_IMAGE"),
-                tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"),
-                service_account=dg.EnvVar("MLOPS_KSERVE_SERVICE_ACCOUNT"),
-                base_url=dg.EnvVar("MLOPS_SERVING_BASE_URL"),
-                prometheus_url=dg.EnvVar("MLOPS_PROMETHEUS_URL"),
-                deployment_mode=os.environ.get("MLOPS_KSERVE_DEPLOYMENT_MODE", "Standard"),
-                capture_uri=dg.EnvVar("MLOPS_CAPTURE_URI"),
-            ),
+            "serving": serving,
             "io_manager": io_manager,
         },
-        executor=k8s_job_executor,
+        executor=dg.in_process_executor if in_process else k8s_job_executor,
         gpu_step_tags=gpu_step_tags(cloud),
         cpu_step_tags=cpu_step_tags(),
     )
