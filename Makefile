@@ -44,7 +44,13 @@ tests/azurite/node_modules/.installed: tests/azurite/package.json tests/azurite/
 	cd tests/azurite && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-emulators: tests/azurite/node_modules/.installed ## the object-storage emulators the tests start on loopback
+# PostgreSQL's server binaries (Debian's package) for the cloud-profile runs; installed when missing and root.
+postgres-server:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
+	  { echo "PostgreSQL's server (initdb) is missing: install Debian's postgresql package" >&2; exit 1; }
+
+emulators: tests/azurite/node_modules/.installed postgres-server ## the storage and database servers the tests start on loopback
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
@@ -106,4 +112,4 @@ lock: ## regenerate constraints.txt from the current virtualenv
 clean: stop ## stop the server and delete local state (MLflow store, Dagster home, landing)
 	rm -rf $(MLOPS_HOME)
 
-.PHONY: help install infra-tools emulators home run drift-demo e2e-aws e2e-gcp launch lint test test-fast ui mlflow-ui stop validate bench synth checkov lock clean
+.PHONY: help install infra-tools emulators postgres-server home run drift-demo e2e-aws e2e-gcp launch lint test test-fast ui mlflow-ui stop validate bench synth checkov lock clean

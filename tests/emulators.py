@@ -69,9 +69,9 @@ def _bin(tool: str) -> str:
 
 
 @contextmanager
-def s3_server(workdir: Path) -> Iterator[Emulator]:
+def s3_server(workdir: Path, port: int | None = None) -> Iterator[Emulator]:
     """moto's standalone S3 server; credentials and endpoint as environment variables, as in the cloud."""
-    port = free_port()
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     process = _start("moto S3 server", [_bin("moto_server"), "-H", "127.0.0.1", "-p", str(port)], url,
                      workdir / "moto.log")
@@ -100,13 +100,26 @@ def gcs_server(workdir: Path) -> Iterator[Emulator]:
         emulator.stop()
 
 
+def _forget_filesystems() -> None:
+    """fsspec keeps one file system object per set of arguments, whatever the environment says: forget them, so an
+    endpoint from the environment is read afresh."""
+    import adlfs
+    import gcsfs
+    import s3fs
+
+    for cls in (s3fs.S3FileSystem, gcsfs.GCSFileSystem, adlfs.AzureBlobFileSystem):
+        cls.clear_instance_cache()
+
+
 @contextmanager
 def environment(values: dict[str, str]) -> Iterator[None]:
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
+    _forget_filesystems()
     try:
         yield
     finally:
+        _forget_filesystems()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -114,9 +127,9 @@ def environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def new_bucket(emulator: Emulator) -> str:
+def new_bucket(emulator: Emulator, name: str | None = None) -> str:
     """A fresh bucket on the emulator, made with the cloud's own SDK; returns its URI."""
-    name = f"mlops-{uuid.uuid4().hex[:10]}"
+    name = name or f"mlops-{uuid.uuid4().hex[:10]}"
     with environment(emulator.env):
         if emulator.name == "s3":
             import boto3
@@ -157,3 +170,64 @@ def azure_server(workdir: Path) -> Iterator[Emulator]:
         yield emulator
     finally:
         emulator.stop()
+
+
+def _postgres_bin(tool: str) -> str:
+    found = shutil.which(tool) or next(iter(sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{tool}"), reverse=True)), None)
+    if found is None:
+        raise EmulatorUnavailable(f"PostgreSQL: {tool} is not installed (make emulators installs Debian's postgresql)")
+    return str(found)
+
+
+@contextmanager
+def postgres_server(workdir: Path, databases: tuple[str, ...] = ("dagster", "mlflow")) -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on a free loopback port (Debian's server binaries), with trust authentication
+    for the local user; yields the server URL (`postgresql://USER@127.0.0.1:PORT`). PostgreSQL refuses to run as
+    root, so as root it runs as the `postgres` system user."""
+    import tempfile
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    # A folder of its own under the temp root: as root, the server's user must be able to reach it, and pytest's
+    # folders are private to root.
+    cluster = Path(tempfile.mkdtemp(prefix="mlops-pg-"))
+    data, sockets = cluster / "data", cluster / "sockets"
+    sockets.mkdir()
+    as_user: list[str] = []
+    user = os.environ.get("USER") or "postgres"
+    if os.geteuid() == 0:
+        user = "postgres"
+        as_user = ["runuser", "-u", user, "--"]
+        for path in (cluster, sockets):
+            shutil.chown(path, user)
+    port = free_port()
+    init = subprocess.run([*as_user, _postgres_bin("initdb"), "-D", str(data), "-U", user, "--auth=trust", "-E", "UTF8"],
+                          capture_output=True, text=True)
+    if init.returncode:
+        raise EmulatorUnavailable(f"PostgreSQL: initdb failed: {init.stderr.strip()[-500:]}")
+    with open(workdir / "postgres.log", "ab") as out:
+        process = subprocess.Popen([*as_user, _postgres_bin("postgres"), "-D", str(data), "-p", str(port), "-h",
+                                    "127.0.0.1", "-k", str(sockets)], stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    server = Emulator("postgres", f"postgresql://{user}@127.0.0.1:{port}", process=process)
+    try:
+        import psycopg2
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                connection = psycopg2.connect(host="127.0.0.1", port=port, user=user, dbname="postgres")
+                break
+            except psycopg2.OperationalError as exc:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise EmulatorUnavailable(f"PostgreSQL did not start on port {port}: {exc}; its log: "
+                                              f"{workdir / 'postgres.log'}") from None
+                time.sleep(0.2)
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            for name in databases:
+                cursor.execute(f'CREATE DATABASE "{name}"')
+        connection.close()
+        yield server.url
+    finally:
+        server.stop()
+        shutil.rmtree(cluster, ignore_errors=True)

@@ -169,7 +169,8 @@ class MlflowRegistry(ModelRegistry):
     def client(self):
         from mlflow import MlflowClient
 
-        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
+        # Never the process-wide registry URI, which another registry object may have set: this one's, or its store.
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri or self.tracking_uri)
 
     @contextmanager
     def _active(self) -> Iterator[None]:

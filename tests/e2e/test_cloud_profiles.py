@@ -3,8 +3,8 @@ resources, IO managers and storage paths as in the cloud, with only the two docu
 (`MLOPS_EXECUTOR=in_process`, `MLOPS_SERVING=local`) because there is no Kubernetes here. Credentials and endpoints
 come from the environment, as in the cloud.
 
-Still local here (issue 14 goes on): Dagster's instance and MLflow's backend store are SQLite, not PostgreSQL; and
-`azure` has no run here, because its IO manager speaks the Data Lake Gen2 (dfs) API, which Azurite does not emulate."""
+Dagster's run, event and schedule storage and MLflow's backend store are a real PostgreSQL server on loopback.
+`azure` has no run here: its IO manager speaks the Data Lake Gen2 (dfs) API, which Azurite does not emulate."""
 
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ import dagster as dg
 import fsspec
 import pytest
 import requests
+import yaml
 
 from mlops_platform.core import data
 from mlops_platform.definitions import build_definitions
 from mlops_platform.defs.model_assets import job_name
 from mlops_platform.defs.profiles import load_profile
-from tests.emulators import environment, gcs_server, new_bucket, s3_server
-from tests.support import breast_cancer, fast, free_port
+from tests.emulators import environment, gcs_server, new_bucket, postgres_server, s3_server
+from tests.support import REPO, breast_cancer, fast, free_port
 
 CLOUDS = {
     # profile: (emulator, the profile's own storage variables beside the shared ones)
@@ -35,12 +36,25 @@ CLOUDS = {
 def test_a_cloud_profile_runs_the_whole_job_on_its_object_store(platform_home, cloud):
     spec = fast(breast_cancer())
     server, storage_env = CLOUDS[cloud]
-    with server(platform_home) as emulator:
+    workdir = platform_home / cloud
+    workdir.mkdir()
+    with server(workdir) as emulator, postgres_server(workdir / "postgres") as postgres:
         bucket = new_bucket(emulator)
+        dagster_home = workdir / "dagster_home"
+        dagster_home.mkdir()
+        # The cloud instance's own storage block (runs, events, schedules), pointed at this server without TLS.
+        cloud_instance = yaml.safe_load((REPO / "deploy" / "dagster" / "instance.yaml").read_text())
+        storage = cloud_instance["storage"]
+        storage["postgres"]["postgres_db"].update(port=int(postgres.rsplit(":", 1)[1]), params={"sslmode": "disable"})
+        instance_config = {**yaml.safe_load((REPO / "dagster.yaml").read_text()), "storage": storage}
+        (dagster_home / "dagster.yaml").write_text(yaml.safe_dump(instance_config))
         env = {**emulator.env, **storage_env(bucket, emulator), "MLOPS_PROFILE": cloud, "MLOPS_EXECUTOR": "in_process",
                "MLOPS_SERVING": "local", "MLOPS_LANDING_URI": f"{bucket}/landing",
                "MLOPS_QUARANTINE_URI": f"{bucket}/quarantine", "MLOPS_CAPTURE_URI": f"{bucket}/capture",
-               "MLFLOW_TRACKING_URI": f"sqlite:///{platform_home}/{cloud}-mlflow.db", "MLOPS_MLFLOW_UI_URL": "http://127.0.0.1:5000",
+               "MLFLOW_TRACKING_URI": f"{postgres.replace('postgresql://', 'postgresql+psycopg2://')}/mlflow",
+               "MLOPS_MLFLOW_UI_URL": "http://127.0.0.1:5000",
+               "DAGSTER_HOME": str(dagster_home), "DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_DB": "dagster",
+               "DAGSTER_PG_USER": postgres.split("//")[1].split("@")[0], "DAGSTER_PG_PASSWORD": "",
                "MLOPS_MLFLOW_ARTIFACT_ROOT": f"{bucket}/mlflow",
                "MLOPS_SERVING_PORT": str(free_port()), "MLOPS_GRPC_PORT": str(free_port())}
         with environment(env):
@@ -64,6 +78,14 @@ def test_a_cloud_profile_runs_the_whole_job_on_its_object_store(platform_home, c
             assert any(p.endswith(".reason.json") for p in quarantined)
             assert fs.find(f"{root}/dagster-io"), "IO manager outputs are in the bucket"
             assert any(p.endswith("MLmodel") for p in fs.find(f"{root}/mlflow")), "the MLflow model is in the bucket"
+            import psycopg2
+
+            with psycopg2.connect(f"{postgres}/dagster") as connection, connection.cursor() as cursor:
+                cursor.execute("SELECT status FROM runs ORDER BY id")
+                assert [row[0] for row in cursor.fetchall()] == ["FAILURE", "SUCCESS"], "the run history is in PostgreSQL"
+            with psycopg2.connect(f"{postgres}/mlflow") as connection, connection.cursor() as cursor:
+                cursor.execute("SELECT name, version FROM model_versions")
+                assert cursor.fetchall() == [(spec.registered_name, 1)], "the registry is in PostgreSQL"
 
             # The serving runtime loaded the model from the bucket and answers; captured requests go to the bucket.
             with dg.build_resources({"serving": profile.resources["serving"], "mlflow": profile.resources["mlflow"]}) as built:
@@ -82,3 +104,72 @@ def test_a_cloud_profile_runs_the_whole_job_on_its_object_store(platform_home, c
                     fs.invalidate_cache()
             finally:
                 serving.stop()
+
+
+def read_its_batches(instance: dg.DagsterInstance) -> bool:
+    """Whether the newest run's landing step has finished: the run is past reading the bucket, into training."""
+    runs = instance.get_runs(limit=1)
+    if not runs:
+        return False
+    return any(e.dagster_event.event_type_value == "STEP_SUCCESS" and e.dagster_event.step_key.endswith("landing_batches")
+               for e in instance.all_logs(runs[0].run_id) if e.dagster_event)
+
+
+def test_s3_lost_mid_run_fails_cleanly_and_the_rerun_succeeds(platform_home):
+    """moto is killed as soon as the run has read its batches; the run fails with the connection error, no champion
+    appears, and once storage is back (same endpoint, data uploaded again) a rerun promotes."""
+    import threading
+
+    spec = fast(breast_cancer())
+    workdir = platform_home / "lost"
+    workdir.mkdir()
+    with s3_server(workdir) as s3:
+        port = s3.url.rsplit(":", 1)[1]
+        bucket = new_bucket(s3)
+        env = {**s3.env, "MLOPS_PROFILE": "aws", "MLOPS_EXECUTOR": "in_process", "MLOPS_SERVING": "local",
+               "MLOPS_BUCKET": bucket.split("://")[1], "MLOPS_LANDING_URI": f"{bucket}/landing",
+               "MLOPS_QUARANTINE_URI": f"{bucket}/quarantine", "MLOPS_CAPTURE_URI": f"{bucket}/capture",
+               "MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db", "MLOPS_MLFLOW_UI_URL": "http://127.0.0.1:5000",
+               "MLOPS_MLFLOW_ARTIFACT_ROOT": f"{bucket}/mlflow", "MLFLOW_S3_ENDPOINT_URL": s3.url,
+               "AWS_MAX_ATTEMPTS": "2", "MLOPS_SERVING_PORT": str(free_port()), "MLOPS_GRPC_PORT": str(free_port())}
+        with environment(env):
+            profile = load_profile()
+
+            def seed() -> None:
+                with dg.build_resources({"landing": profile.resources["landing"]}) as built:
+                    store = built.landing.get_store()
+                for i, batch in enumerate(data.bundled_batches(spec.dataset, 3)):
+                    store.write(spec.name, f"seed-{i}.csv", data.encode_batch(batch))
+
+            seed()
+            job = build_definitions(specs=[spec], profile="aws").resolve_job_def(job_name(spec))
+            with dg.DagsterInstance.get() as instance:
+                outcome: dict = {}
+                worker = threading.Thread(target=lambda: outcome.update(
+                    result=job.execute_in_process(instance=instance, raise_on_error=False)))
+                worker.start()
+                deadline = time.monotonic() + 60
+                while not read_its_batches(instance):
+                    assert time.monotonic() < deadline and worker.is_alive()
+                    time.sleep(0.05)
+                s3.stop()  # storage disappears mid-run
+                worker.join(timeout=300)
+                failed = outcome["result"]
+                assert not failed.success
+                errors = " ".join(str(e.step_failure_data.error) for e in failed.all_events if e.is_step_failure)
+                assert "Could not connect" in errors or "EndpointConnectionError" in errors or "Connection" in errors, errors
+                with dg.build_resources({"mlflow": profile.resources["mlflow"]}) as built:
+                    registry = built.mlflow.get_registry()
+                assert registry.version_for(spec.registered_name, "champion") is None, "nothing half-made became champion"
+
+                # Storage comes back at the same endpoint, empty: the data is uploaded again and the rerun promotes.
+                restarted = s3_server(workdir, port=int(port))
+                with restarted as again:
+                    assert again.url == s3.url
+                    new_bucket(again, name=bucket.split("://")[1])
+                    seed()
+                    rerun = job.execute_in_process(instance=instance, raise_on_error=False)
+                    assert rerun.success, [e.message for e in rerun.all_events if e.is_failure][:3]
+                    assert registry.version_for(spec.registered_name, "champion") is not None
+                    with dg.build_resources({"serving": profile.resources["serving"]}) as built:
+                        built.serving.get_backend().stop()

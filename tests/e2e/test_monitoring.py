@@ -130,10 +130,15 @@ def test_a_broken_capture_sink_costs_no_request(platform_home):
 
     serve_model(SPEC)
     serving().stop()
-    shutil.rmtree(platform_home / "capture", ignore_errors=True)
-    (platform_home / "capture").write_text("a file where the capture folder should be: every write fails")
-    set_capture(1.0)  # starts the server again, capturing into the broken location
-    statuses = [requests.post(f"{serving().base_url}/v1/models/{NAME}:predict", json={"instances": rows(2)[0]},
-                              timeout=10).status_code for _ in range(50)]
-    assert statuses == [200] * 50
-    wait_for(lambda: metric("mlops_capture_dropped_rows_total", model=NAME, reason="write_failed") == 100)
+    blocker = platform_home / "capture"
+    shutil.rmtree(blocker, ignore_errors=True)
+    blocker.write_text("a file where the capture folder should be: every write fails")
+    try:
+        set_capture(1.0)  # starts the server again, capturing into the broken location
+        statuses = [requests.post(f"{serving().base_url}/v1/models/{NAME}:predict", json={"instances": rows(2)[0]},
+                                  timeout=10).status_code for _ in range(50)]
+        assert statuses == [200] * 50
+        wait_for(lambda: metric("mlops_capture_dropped_rows_total", model=NAME, reason="write_failed") == 100)
+    finally:  # the module's other test captures into this home: give it a working sink back
+        serving().stop()
+        blocker.unlink()
