@@ -66,10 +66,10 @@ run: home ## seed landing, run the end-to-end job, print the endpoint and a pred
 drift-demo: install ## the monitoring loop in one command: drift, failing checks, a drift-started retrain, a new champion
 	$(PY) examples/drift/run.py
 
-e2e-aws: install emulators ## the aws profile's whole job against moto's S3 server on loopback
-	$(BIN)/pytest -p no:randomly -k aws tests/e2e/test_cloud_profiles.py
+e2e-aws: install emulators ## the aws profile's whole job on moto's S3 server and PostgreSQL, on loopback
+	$(BIN)/pytest -p no:randomly -k "aws or lost" tests/e2e/test_cloud_profiles.py
 
-e2e-gcp: install emulators ## the gcp profile's whole job against the GCS emulator on loopback
+e2e-gcp: install emulators ## the gcp profile's whole job on the GCS emulator and PostgreSQL, on loopback
 	$(BIN)/pytest -p no:randomly -k gcp tests/e2e/test_cloud_profiles.py
 
 launch: home ## launch the job through the run launcher, as `dagster job launch` does

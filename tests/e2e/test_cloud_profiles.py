@@ -18,6 +18,7 @@ import yaml
 
 from mlops_platform.core import data
 from mlops_platform.definitions import build_definitions
+from mlops_platform.defs.automation import build_new_batch_sensor
 from mlops_platform.defs.model_assets import job_name
 from mlops_platform.defs.profiles import load_profile
 from tests.emulators import environment, gcs_server, new_bucket, postgres_server, s3_server
@@ -86,6 +87,18 @@ def test_a_cloud_profile_runs_the_whole_job_on_its_object_store(platform_home, c
             with psycopg2.connect(f"{postgres}/mlflow") as connection, connection.cursor() as cursor:
                 cursor.execute("SELECT name, version FROM model_versions")
                 assert cursor.fetchall() == [(spec.registered_name, 1)], "the registry is in PostgreSQL"
+
+            # The new-batch sensor reads the bucket: quiet on the champion's own data, firing for a batch uploaded since.
+            sensor = build_new_batch_sensor(spec, job)
+            resources = {"landing": profile.resources["landing"], "mlflow": profile.resources["mlflow"]}
+            with dg.DagsterInstance.get() as instance:
+                with dg.build_sensor_context(instance=instance, resources=resources) as context:
+                    assert isinstance(sensor(context), dg.SkipReason), "the champion was trained on every batch there"
+                    cursor = context.cursor
+                store.write(spec.name, "later.csv", data.encode_batch(data.bundled_batches(spec.dataset, 4)[0]))
+                with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+                    fired = sensor(context)
+                assert isinstance(fired, dg.RunRequest) and fired.tags["batches"] == "later.csv"
 
             # The serving runtime loaded the model from the bucket and answers; captured requests go to the bucket.
             with dg.build_resources({"serving": profile.resources["serving"], "mlflow": profile.resources["mlflow"]}) as built:
