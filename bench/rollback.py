@@ -71,6 +71,8 @@ def register(mlflow_res, spec, model, signature_frame) -> str:
     from mlflow.models import infer_signature
 
     mlflow.set_tracking_uri(mlflow_res.tracking_uri)
+
+    mlflow.set_registry_uri(mlflow_res.tracking_uri)  # never another test's registry
     with mlflow.start_run():
         info = mlflow.sklearn.log_model(model, name="model", pip_requirements=["scikit-learn"],
                                         skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(model)) or None,

@@ -64,6 +64,8 @@ def main() -> None:
         import mlflow
 
         mlflow.set_tracking_uri(registry.tracking_uri)
+
+        mlflow.set_registry_uri(registry.tracking_uri)  # never another test's registry
         loaded = load_registered(registry.client(), name, version=version)
         floors = {n: in_process_floor(loaded, features, r) for n, r in bodies.items()}
 

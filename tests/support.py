@@ -157,6 +157,7 @@ def register_broken_version(spec: ModelSpec) -> str:
     features = spec.dataset.feature_names
     model = LogisticRegression(max_iter=500).fit(frame[features[:-1]].to_numpy(), frame[spec.dataset.target])
     mlflow.set_tracking_uri(registry().tracking_uri)
+    mlflow.set_registry_uri(registry().tracking_uri)  # never another test's registry
     with mlflow.start_run():
         info = mlflow.sklearn.log_model(model, name="model", signature=infer_signature(frame[features], frame[spec.dataset.target]),
                                         pip_requirements=["scikit-learn"])

@@ -88,6 +88,7 @@ def test_logged_model_requirements_are_minimal(first_run):
 
     meta = materialized(first_run)
     mlflow.set_tracking_uri(registry().tracking_uri)
+    mlflow.set_registry_uri(registry().tracking_uri)  # never another test's registry
     uri = f"models:/{NAME}/{meta['challenger']['model_version']}"
     requirements = Path(mlflow.artifacts.download_artifacts(f"{uri}/requirements.txt")).read_text()
     assert "scikit-learn==" in requirements
