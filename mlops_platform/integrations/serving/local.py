@@ -130,19 +130,24 @@ class ServerProcess:
         if pid is not None and (self._state().get("host"), self._state().get("port")) != (self.host, self.port):
             self.stop()
             pid = None
+        started = None  # the process this call started, if any: its own exit status is the proof that it died
         if pid is None:
             self.control_token()
             with open(self.log_file, "ab") as log:
                 # Its own session: it outlives the Dagster run that started it, and its process group is ours to stop.
-                process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                started = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                            start_new_session=True)
-            pid = process.pid
-            self.state_file.write_text(json.dumps({"pid": pid, "create_time": psutil.Process(pid).create_time(),
-                                                   "host": self.host, "port": self.port}))
+            pid = started.pid
+            state = json.dumps({"pid": pid, "create_time": psutil.Process(pid).create_time(), "host": self.host,
+                                "port": self.port})
+            partial = self.state_file.with_suffix(".tmp")
+            partial.write_text(state)
+            partial.replace(self.state_file)  # whoever reads it sees the whole record or the previous one
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
-            if self.running_pid() is None:
-                raise RuntimeError(f"model server supervisor exited:\n{self.log_tail()}")
+            code = started.poll() if started else (None if self.running_pid() is not None else "unknown")
+            if code is not None:
+                raise RuntimeError(f"model server supervisor exited ({code}):\n{self.log_tail()}")
             if self.live():
                 return pid
             time.sleep(0.1)
