@@ -69,8 +69,15 @@ drift-demo: install ## the monitoring loop in one command: drift, failing checks
 e2e-aws: install emulators ## the aws profile's whole job on moto's S3 server and PostgreSQL, on loopback
 	$(BIN)/pytest -p no:randomly -k "aws or lost" tests/e2e/test_cloud_profiles.py
 
+e2e-azure: install emulators ## the azure profile's whole job on Azurite and PostgreSQL, on loopback
+	$(BIN)/pytest -p no:randomly -k azure tests/e2e/test_cloud_profiles.py
+
 e2e-gcp: install emulators ## the gcp profile's whole job on the GCS emulator and PostgreSQL, on loopback
 	$(BIN)/pytest -p no:randomly -k gcp tests/e2e/test_cloud_profiles.py
+
+env-table: install ## rewrite the README's table of environment variables from mlops_platform/defs/profiles.py
+	$(PY) -c "import re, pathlib; from mlops_platform.defs.profiles import variables_table as t; p = pathlib.Path('README.md'); \
+	p.write_text(re.sub(r'(<!-- env-table -->\n).*?(<!-- /env-table -->)', lambda m: m[1] + t() + m[2], p.read_text(), flags=re.S))"
 
 launch: home ## launch the job through the run launcher, as `dagster job launch` does
 	$(BIN)/dagster job launch -w workspace.yaml -j $(JOB)
@@ -112,4 +119,4 @@ lock: ## regenerate constraints.txt from the current virtualenv
 clean: stop ## stop the server and delete local state (MLflow store, Dagster home, landing)
 	rm -rf $(MLOPS_HOME)
 
-.PHONY: help install infra-tools emulators postgres-server home run drift-demo e2e-aws e2e-gcp launch lint test test-fast ui mlflow-ui stop validate bench synth checkov lock clean
+.PHONY: help install infra-tools emulators postgres-server home run drift-demo e2e-aws e2e-azure e2e-gcp env-table launch lint test test-fast ui mlflow-ui stop validate bench synth checkov lock clean

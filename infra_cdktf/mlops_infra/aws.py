@@ -206,7 +206,9 @@ class AwsEnvironment(TerraformStack):
                                           force_delete=not env.deletion_protection)
                       for name in ("mlops-serving", "mlops-dagster")}
         # A local, so the Helm values (JSON) hold a plain reference rather than an expression with quotes in it.
-        registry = TerraformLocal(self, "registry", Fn.element(Fn.split("/", registries["mlops-serving"].repository_url), 0)).as_string
+        # The registry prefix with the repositories' own path (`ACCOUNT.dkr.ecr.REGION.amazonaws.com/mlops-dev`), so that
+        # `{registry}/mlops-serving` names the repository above.
+        registry = TerraformLocal(self, "registry", Fn.replace(registries["mlops-serving"].repository_url, "/mlops-serving", "")).as_string
 
         bucket_rw = [{"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": [bucket.arn]},
                      {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], "Resource": [f"{bucket.arn}/*"]},
@@ -228,7 +230,6 @@ class AwsEnvironment(TerraformStack):
         access = ClusterAccess(host=cluster.endpoint,
                                cluster_ca_certificate=Fn.base64decode(cluster.certificate_authority.get(0).data),
                                exec_command="aws", exec_args=["eks", "get-token", "--cluster-name", n, "--region", env.region])
-        landing = f"s3://{bucket.bucket}/landing"
         platform = PlatformLayer(self, "platform", env=env, inputs=PlatformInputs(
             access=access,
             identity_annotations={c: {"eks.amazonaws.com/role-arn": r.arn} for c, r in roles.items()},
@@ -236,10 +237,8 @@ class AwsEnvironment(TerraformStack):
             secret_store={"aws": {"service": "ParameterStore", "region": env.region,
                                   "auth": {"jwt": {"serviceAccountRef": {"name": "external-secrets", "namespace": "external-secrets"}}}}},
             database_host=db.address,
-            artifact_root=f"s3://{bucket.bucket}/mlflow",
-            io_env={"AWS_REGION": env.region, "MLOPS_BUCKET": bucket.bucket, "MLOPS_LANDING_URI": landing,
-                    "MLOPS_QUARANTINE_URI": f"s3://{bucket.bucket}/quarantine", "MLOPS_CAPTURE_URI": f"s3://{bucket.bucket}/capture",
-                    "MLFLOW_TRACKING_URI": MLFLOW_IN_CLUSTER},
+            object_root=f"s3://{bucket.bucket}",
+            sdk_env={"AWS_REGION": env.region},
             registry=registry,
             extra_manifests=karpenter_pools(env, node_role.name),
         ))
@@ -255,9 +254,7 @@ class AwsEnvironment(TerraformStack):
             "cluster_endpoint": cluster.endpoint,
             "kubeconfig_command": f"aws eks update-kubeconfig --name {n} --region {env.region}",
             "mlops_bucket": bucket.bucket,
-            "mlops_landing_uri": landing,
-            "mlops_quarantine_uri": f"s3://{bucket.bucket}/quarantine",
-            "mlops_capture_uri": f"s3://{bucket.bucket}/capture",
+            **platform.storage_outputs(),
             "dagster_pg_host": db.address,
             "mlflow_tracking_uri": MLFLOW_IN_CLUSTER,
             "registry_url": registry,

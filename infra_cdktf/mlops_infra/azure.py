@@ -193,10 +193,10 @@ class AzureEnvironment(TerraformStack):
             secret_store={"azurekv": {"authType": "WorkloadIdentity", "vaultUrl": vault.vault_uri,
                                       "serviceAccountRef": {"name": "external-secrets", "namespace": "external-secrets"}}},
             database_host=db.fqdn,
-            artifact_root=f"{lake}/mlflow",
-            io_env={"MLOPS_STORAGE_ACCOUNT": storage.name, "MLOPS_CONTAINER": container.name,
-                    "MLOPS_LANDING_URI": f"{lake}/landing", "MLOPS_QUARANTINE_URI": f"{lake}/quarantine",
-                    "MLOPS_CAPTURE_URI": f"{lake}/capture", "MLFLOW_TRACKING_URI": MLFLOW_IN_CLUSTER},
+            object_root=lake,
+            # MLflow's abfss:// client speaks the Data Lake (dfs) API; its wasbs:// client the blob API, which the same
+            # account serves and which the emulated run (`make e2e-azure`, on Azurite) can test.
+            mlflow_artifact_root=f"wasbs://{container.name}@{storage.name}.blob.core.windows.net/mlflow",
             registry=registry.login_server,
         ))
         # AKS runs KEDA's operator itself (workload_autoscaler_profile); the chart adds its metrics adapter config.
@@ -210,9 +210,7 @@ class AzureEnvironment(TerraformStack):
             "cluster_endpoint": kube.host,
             "kubeconfig_command": f"az aks get-credentials --resource-group {n}-rg --name {n} && kubelogin convert-kubeconfig -l azurecli",
             "mlops_bucket": container.name,
-            "mlops_landing_uri": f"{lake}/landing",
-            "mlops_quarantine_uri": f"{lake}/quarantine",
-            "mlops_capture_uri": f"{lake}/capture",
+            **platform.storage_outputs(),
             "dagster_pg_host": db.fqdn,
             "mlflow_tracking_uri": MLFLOW_IN_CLUSTER,
             "registry_url": registry.login_server,

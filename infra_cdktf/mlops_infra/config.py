@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import os
+import tomllib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 Cloud = Literal["aws", "azure", "gcp"]
 Stage = Literal["dev", "prod"]
 
 KUBERNETES_VERSION = "1.33"
+
+
+def _image_tag() -> str:
+    """The tag of the platform's images: the project's version, or `MLOPS_IMAGE_TAG` at synth time (e.g. a commit).
+    Never `latest`: the registries are immutable, so a tag can be pushed once and names one image for good."""
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    return os.environ.get("MLOPS_IMAGE_TAG") or tomllib.loads(pyproject.read_text())["project"]["version"]
+
+
+IMAGE_TAG = _image_tag()
 GPU_TAINT_KEY = "nvidia.com/gpu"
 DATABASE_ADMIN = "mlops_admin"
 
@@ -55,6 +68,10 @@ class Environment:
     def name(self) -> str:
         """Prefix of every resource name, e.g. `mlops-dev`."""
         return f"mlops-{self.stage}"
+
+    @property
+    def image_tag(self) -> str:
+        return IMAGE_TAG
 
     @property
     def stack_id(self) -> str:

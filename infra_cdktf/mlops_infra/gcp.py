@@ -186,10 +186,7 @@ class GcpEnvironment(TerraformStack):
             identity_labels={},
             secret_store={"gcpsm": {"projectID": project}},
             database_host=db.private_ip_address,
-            artifact_root=f"gs://{bucket.name}/mlflow",
-            io_env={"MLOPS_GCP_PROJECT": project, "MLOPS_BUCKET": bucket.name,
-                    "MLOPS_LANDING_URI": f"gs://{bucket.name}/landing", "MLOPS_QUARANTINE_URI": f"gs://{bucket.name}/quarantine",
-                    "MLOPS_CAPTURE_URI": f"gs://{bucket.name}/capture", "MLFLOW_TRACKING_URI": MLFLOW_IN_CLUSTER},
+            object_root=f"gs://{bucket.name}",
             registry=registry_url,
         ))
         platform.releases["external-secrets"].values = [Fn.jsonencode({
@@ -200,9 +197,7 @@ class GcpEnvironment(TerraformStack):
             "cluster_endpoint": f"https://{cluster.endpoint}",
             "kubeconfig_command": f"gcloud container clusters get-credentials {n} --location {cluster.location} --project {project}",
             "mlops_bucket": bucket.name,
-            "mlops_landing_uri": f"gs://{bucket.name}/landing",
-            "mlops_quarantine_uri": f"gs://{bucket.name}/quarantine",
-            "mlops_capture_uri": f"gs://{bucket.name}/capture",
+            **platform.storage_outputs(),
             "dagster_pg_host": db.private_ip_address,
             "mlflow_tracking_uri": MLFLOW_IN_CLUSTER,
             "registry_url": registry_url,

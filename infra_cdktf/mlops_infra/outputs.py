@@ -10,10 +10,11 @@ from constructs import Construct
 CONTRACT: dict[str, str] = {
     "cluster_endpoint": "Kubernetes API endpoint",
     "kubeconfig_command": "command that writes a kubeconfig entry for the cluster",
-    "mlops_bucket": "bucket (or storage container) for Dagster IO and MLflow artifacts → MLOPS_BUCKET / MLOPS_CONTAINER",
+    "mlops_bucket": "bucket (or storage container) that holds every URI below and MLflow's artifacts",
     "mlops_landing_uri": "landing location of raw batches → MLOPS_LANDING_URI",
     "mlops_quarantine_uri": "quarantine location of bad batches → MLOPS_QUARANTINE_URI",
     "mlops_capture_uri": "captured requests and feedback of the served models → MLOPS_CAPTURE_URI",
+    "mlops_io_uri": "Dagster's asset values between steps, one object per run → MLOPS_IO_URI",
     "dagster_pg_host": "managed PostgreSQL host → DAGSTER_PG_HOST (MLflow uses the same server)",
     "mlflow_tracking_uri": "in-cluster MLflow tracking server → MLFLOW_TRACKING_URI",
     "registry_url": "container registry for the serving and Dagster images → MLOPS_SERVING_IMAGE's prefix",

@@ -17,6 +17,7 @@ from constructs import Construct
 
 from mlops_infra.charts import CHARTS
 from mlops_infra.config import DATABASE_ADMIN, GPU_TAINT_KEY, SERVICE_ACCOUNTS, Environment
+from mlops_infra.outputs import MLFLOW_IN_CLUSTER
 
 DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy"
 
@@ -53,9 +54,10 @@ class PlatformInputs:
     identity_labels: dict[str, str]  # extra labels on those service accounts (Azure Workload Identity needs one)
     secret_store: dict  # External Secrets ClusterSecretStore `spec.provider`
     database_host: str
-    artifact_root: str  # MLflow artifacts, e.g. s3://bucket/mlflow
-    io_env: dict[str, str]  # environment of Dagster runs: the profile's variables
+    object_root: str  # the platform's bucket as a URI: s3://bucket, gs://bucket, abfss://container@account.dfs...
     registry: str
+    sdk_env: dict[str, str] = field(default_factory=dict)  # what the cloud's SDK needs beside workload identity
+    mlflow_artifact_root: str | None = None  # where MLflow's own client reaches the bucket, if not `object_root`
     extra_manifests: list[dict] = field(default_factory=list)
 
 
@@ -132,7 +134,7 @@ class PlatformLayer(Construct):
                      after=["external-secrets"])
 
         _, dagster_sa = SERVICE_ACCOUNTS["dagster"]
-        run_env = {**inputs.io_env, "MLOPS_PROFILE": env.cloud}
+        run_env = self.run_env = run_environment(env, inputs)
         self.release("dagster", {
             "global": {"serviceAccountName": dagster_sa},
             "serviceAccount": {"create": False, "name": dagster_sa},
@@ -144,7 +146,8 @@ class PlatformLayer(Construct):
             "dagsterDaemon": {"runCoordinator": {"enabled": True, "type": "QueuedRunCoordinator"}},
             "dagster-user-deployments": {"enabled": True, "deployments": [{
                 "name": "mlops-platform", "port": 3030,
-                "image": {"repository": f"{inputs.registry}/mlops-dagster", "tag": "latest", "pullPolicy": "Always"},
+                "image": {"repository": f"{inputs.registry}/mlops-dagster", "tag": env.image_tag,
+                          "pullPolicy": "IfNotPresent"},
                 "dagsterApiGrpcArgs": ["-m", "mlops_platform.definitions"],
                 "env": [{"name": k, "value": v} for k, v in sorted(run_env.items())],
             }]},
@@ -156,8 +159,13 @@ class PlatformLayer(Construct):
             "backendStore": {"postgres": {"enabled": True, "host": inputs.database_host, "port": 5432,
                                           "database": "mlflow", "user": DATABASE_ADMIN},
                              "existingDatabaseSecret": {"name": "mlflow-db", "passwordKey": "password"}},
-            "artifactRoot": {"defaultArtifactRoot": inputs.artifact_root, "proxiedArtifactStorage": True},
+            "artifactRoot": {"defaultArtifactRoot": inputs.mlflow_artifact_root or storage_uris(inputs.object_root)["mlflow"],
+                             "proxiedArtifactStorage": True},
         }, after=["raw"])
+
+    def storage_outputs(self) -> dict[str, str]:
+        """The run environment's storage URIs, as the output contract names them (`mlops_landing_uri`, ...)."""
+        return {name.lower(): value for name, value in self.run_env.items() if name.endswith("_URI") and name.startswith("MLOPS_")}
 
     def release(self, key: str, values: dict, *, after: list[str] = (), name: str | None = None) -> Release:
         chart = CHARTS[key]
@@ -169,6 +177,38 @@ class PlatformLayer(Construct):
         )
         self.releases[key] = release
         return release
+
+
+# Where everything the platform keeps lives in its one bucket; the profile reads each as MLOPS_<NAME>_URI.
+STORAGE_PREFIXES = ("landing", "quarantine", "capture", "io", "mlflow")
+MODELS_NAMESPACE, SERVING_ACCOUNT = SERVICE_ACCOUNTS["kserve"]
+PROMETHEUS_IN_CLUSTER = "http://kube-prometheus-stack-prometheus.monitoring.svc.cluster.local:9090"
+# Dagster's and MLflow's UIs have no login of their own: users reach them by `kubectl port-forward` only.
+MLFLOW_UI_FORWARDED = "http://127.0.0.1:5000"
+# The Gateway's Envoy service, its name fixed by the EnvoyProxy in deploy/gateway/ (Envoy Gateway would hash it).
+SERVING_GATEWAY_IN_CLUSTER = "http://kserve-gateway.envoy-gateway-system.svc.cluster.local"
+
+
+def storage_uris(object_root: str) -> dict[str, str]:
+    return {prefix: f"{object_root}/{'dagster-io' if prefix == 'io' else prefix}" for prefix in STORAGE_PREFIXES}
+
+
+def run_environment(env: Environment, inputs: PlatformInputs) -> dict[str, str]:
+    """The environment of every Dagster run and code server: what the cloud profile reads (`VARIABLES` in
+    `mlops_platform/defs/profiles.py`; a test holds the two to each other)."""
+    uris = storage_uris(inputs.object_root)
+    return {
+        "MLOPS_PROFILE": env.cloud,
+        "MLFLOW_TRACKING_URI": MLFLOW_IN_CLUSTER,
+        "MLOPS_MLFLOW_UI_URL": MLFLOW_UI_FORWARDED,
+        **{f"MLOPS_{prefix.upper()}_URI": uris[prefix] for prefix in ("landing", "quarantine", "capture", "io")},
+        "MLOPS_KSERVE_NAMESPACE": MODELS_NAMESPACE,
+        "MLOPS_KSERVE_SERVICE_ACCOUNT": SERVING_ACCOUNT,
+        "MLOPS_SERVING_IMAGE": f"{inputs.registry}/mlops-serving:{env.image_tag}",
+        "MLOPS_SERVING_BASE_URL": SERVING_GATEWAY_IN_CLUSTER,
+        "MLOPS_PROMETHEUS_URL": PROMETHEUS_IN_CLUSTER,
+        **inputs.sdk_env,
+    }
 
 
 def _deploy_manifests(relative: str) -> list[dict]:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
+from mlops_platform.core.spec import MODELS_DIR_ENV
 from mlops_platform.defs.resources import (
     KServeServingResource,
     LandingResource,
@@ -94,32 +96,105 @@ def _local() -> Profile:
                                        capture_uri=str(home / "capture")),
             "serving": _local_serving(mlflow, home, str(home / "capture")),
             # One file per run and asset: concurrent runs of a model never read each other's hand-offs.
-            "io_manager": RunScopedPickleIOManager(base_dir=str(home / "dagster_io")),
+            "io_manager": RunScopedPickleIOManager(base_uri=str(home / "dagster_io")),
         },
         executor=dg.in_process_executor,
     )
-
-
-# The environment each cloud profile reads, set in the Dagster run environment by infra_cdktf (`io_env` there).
-CLOUD_ENV = ("MLFLOW_TRACKING_URI", "MLOPS_MLFLOW_UI_URL", "MLOPS_LANDING_URI", "MLOPS_QUARANTINE_URI", "MLOPS_CAPTURE_URI",
-             "MLOPS_KSERVE_NAMESPACE", "MLOPS_SERVING_IMAGE", "MLOPS_KSERVE_SERVICE_ACCOUNT", "MLOPS_SERVING_BASE_URL",
-             "MLOPS_PROMETHEUS_URL")
-STORAGE_ENV = {
-    "aws": ("AWS_REGION", "MLOPS_BUCKET"),
-    "azure": ("MLOPS_STORAGE_ACCOUNT", "MLOPS_CONTAINER"),
-    "gcp": ("MLOPS_GCP_PROJECT", "MLOPS_BUCKET"),
-}
-
-
-def profile_env(cloud: str) -> tuple[str, ...]:
-    """Every variable the cloud profile reads with `dg.EnvVar`."""
-    return (*CLOUD_ENV, *STORAGE_ENV[cloud])
 
 
 # The one switch between a cloud profile and its run on one machine (no Kubernetes here): steps in the run's own
 # process, and the platform's KServe runtime on loopback instead of InferenceServices. Everything else is the cloud's.
 EXECUTOR_ENV = "MLOPS_EXECUTOR"  # k8s (default) | in_process
 SERVING_ENV = "MLOPS_SERVING"  # kserve (default) | local
+CLOUDS = tuple(GPU_NODE_SELECTORS)
+
+
+@dataclass(frozen=True)
+class Variable:
+    """An environment variable the platform reads: in which profiles, whether it must be set, and what it means."""
+
+    name: str
+    profiles: tuple[str, ...]
+    meaning: str
+    default: str | None = None  # None: the profile does not load without it
+    needed_when: str = ""  # a condition under which it is needed, e.g. only with the cluster's serving
+
+
+ALL = ("local", *CLOUDS)
+KSERVE = f"{SERVING_ENV}=kserve"
+# The one table of the platform's environment. `tests/defs/test_profiles.py` checks it against what the profiles
+# read, and against the Dagster run environment that infra_cdktf sets; `make env-table` writes it into the README.
+VARIABLES = (
+    Variable(PROFILE_ENV, ALL, "which profile: `local`, `aws`, `azure` or `gcp`", "local"),
+    Variable(MODELS_DIR_ENV, ALL, "folder of model specs (`*.yaml`, `*.yml`)", "examples/models"),
+    Variable(HOME_ENV, ALL, "where the embedded default keeps its state (MLflow store, landing, server state)", "./var",
+             f"local, or {SERVING_ENV}=local"),
+    Variable("MLOPS_SERVING_PORT", ALL, "HTTP port of the local KServe runtime", "8080", f"local, or {SERVING_ENV}=local"),
+    Variable("MLOPS_GRPC_PORT", ALL, "gRPC port of the local KServe runtime", "8081", f"local, or {SERVING_ENV}=local"),
+    Variable("MLOPS_MLFLOW_UI_URL", ("local",), "MLflow UI, for links in Dagster metadata", "http://127.0.0.1:5000"),
+    Variable("MLOPS_MLFLOW_UI_URL", CLOUDS, "MLflow UI as users reach it, for links in Dagster metadata"),
+    Variable("MLFLOW_TRACKING_URI", CLOUDS, "MLflow tracking server (or a database URL, then set the artifact root)"),
+    Variable("MLOPS_MLFLOW_ARTIFACT_ROOT", CLOUDS, "artifact root for new MLflow experiments, when the tracking URI "
+             "is a database the client writes to itself", "the tracking server's own"),
+    Variable("MLOPS_LANDING_URI", CLOUDS, "where raw batches land, per model (`s3://`, `gs://`, `abfss://`)"),
+    Variable("MLOPS_QUARANTINE_URI", CLOUDS, "where bad batches are moved, with a note; same store as landing"),
+    Variable("MLOPS_CAPTURE_URI", CLOUDS, "where served requests and feedback are captured for monitoring"),
+    Variable("MLOPS_IO_URI", CLOUDS, "where Dagster keeps asset values between steps, one object per run"),
+    Variable(EXECUTOR_ENV, CLOUDS, "`k8s`: each step a Kubernetes Job; `in_process`: steps in the run's process", "k8s"),
+    Variable(SERVING_ENV, CLOUDS, "`kserve`: InferenceServices in the cluster; `local`: the KServe runtime on "
+             "loopback", "kserve"),
+    Variable("MLOPS_KSERVE_NAMESPACE", CLOUDS, "namespace of the InferenceServices", needed_when=KSERVE),
+    Variable("MLOPS_SERVING_IMAGE", CLOUDS, "image of the platform's KServe runtime", needed_when=KSERVE),
+    Variable("MLOPS_KSERVE_SERVICE_ACCOUNT", CLOUDS, "service account of the model server pods", needed_when=KSERVE),
+    Variable("MLOPS_SERVING_BASE_URL", CLOUDS, "in-cluster URL of the inference gateway", needed_when=KSERVE),
+    Variable("MLOPS_PROMETHEUS_URL", CLOUDS, "Prometheus that canary analysis queries", needed_when=KSERVE),
+    Variable("MLOPS_KSERVE_DEPLOYMENT_MODE", CLOUDS, "KServe deployment mode", "Standard", KSERVE),
+)
+
+
+@dataclass(frozen=True)
+class SdkVariable:
+    """Read by a cloud SDK, never by platform code: credentials and endpoints come from each SDK's own chain."""
+
+    name: str
+    cloud: str
+    in_the_cloud: str
+    emulated: str
+
+
+SDK_VARIABLES = (
+    SdkVariable("AWS_REGION", "aws", "the region (set in the run environment)", "any region"),
+    SdkVariable("AWS_ENDPOINT_URL", "aws", "unset: the S3 endpoint of the region", "moto's server on loopback"),
+    SdkVariable("MLFLOW_S3_ENDPOINT_URL", "aws", "unset", "moto's server, for MLflow's own S3 client"),
+    SdkVariable("AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY", "aws",
+                "unset: IRSA injects `AWS_ROLE_ARN` and `AWS_WEB_IDENTITY_TOKEN_FILE`", "moto's test keys"),
+    SdkVariable("STORAGE_EMULATOR_HOST", "gcp", "unset: workload identity through the metadata server",
+                "the GCS emulator on loopback"),
+    SdkVariable("AZURE_STORAGE_CONNECTION_STRING", "azure",
+                "unset: the workload identity webhook injects `AZURE_CLIENT_ID`, `AZURE_TENANT_ID` and "
+                "`AZURE_FEDERATED_TOKEN_FILE`", "Azurite's published development account"),
+    SdkVariable("DAGSTER_PG_HOST, DAGSTER_PG_USER, DAGSTER_PG_PASSWORD, DAGSTER_PG_DB", "all clouds",
+                "read by `deploy/dagster/instance.yaml`; the chart sets them", "PostgreSQL on loopback"),
+)
+
+
+def required_env(cloud: str, serving: str = "kserve") -> tuple[str, ...]:
+    """The variables the cloud profile cannot load without, with the cluster's serving or the local one."""
+    condition = f"{SERVING_ENV}={serving}"
+    return tuple(v.name for v in VARIABLES
+                 if cloud in v.profiles and v.default is None and v.needed_when in ("", condition))
+
+
+def variables_table() -> str:
+    """The README's table of the platform's environment, and of the SDK variables the emulated runs set."""
+    lines = ["| Variable | Profiles | Default | Needed when | Meaning |", "| --- | --- | --- | --- | --- |"]
+    for v in VARIABLES:
+        where = "all" if v.profiles == ALL else ", ".join(v.profiles)
+        lines.append(f"| `{v.name}` | {where} | {v.default or '**required**'} | {v.needed_when or 'always'} | {v.meaning} |")
+    lines += ["", "| Read by the SDK | Cloud | In the cloud | In the emulated runs (`make e2e-*`) |",
+              "| --- | --- | --- | --- |"]
+    lines += [f"| `{v.name}` | {v.cloud} | {v.in_the_cloud} | {v.emulated} |" for v in SDK_VARIABLES]
+    return "\n".join(lines) + "\n"
 
 
 def _switch(variable: str, allowed: tuple[str, ...]) -> str:
@@ -129,9 +204,10 @@ def _switch(variable: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
-def _cloud(cloud: str, io_manager: dg.ConfigurableIOManager) -> Profile:
-    """What every cloud shares: MLflow's tracking server, KServe in the cluster, Kubernetes steps, and the landing
-    store on the cloud's object storage (its URI says which); only the IO manager's storage differs."""
+def _cloud(cloud: str) -> Profile:
+    """Every cloud is the same but for its GPU pools: MLflow's tracking server, KServe in the cluster, Kubernetes
+    steps, and landing, capture and asset values on the cloud's object storage, whose URIs say which (`s3://`,
+    `gs://`, `abfss://`); each SDK finds its credentials itself (workload identity, or the environment)."""
     from dagster_k8s import k8s_job_executor
 
     mlflow = MLflowResource(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"), ui_url=dg.EnvVar("MLOPS_MLFLOW_UI_URL"),
@@ -159,7 +235,7 @@ def _cloud(cloud: str, io_manager: dg.ConfigurableIOManager) -> Profile:
                                        quarantine_uri=dg.EnvVar("MLOPS_QUARANTINE_URI"),
                                        capture_uri=dg.EnvVar("MLOPS_CAPTURE_URI")),
             "serving": serving,
-            "io_manager": io_manager,
+            "io_manager": RunScopedPickleIOManager(base_uri=dg.EnvVar("MLOPS_IO_URI")),
         },
         executor=dg.in_process_executor if in_process else k8s_job_executor,
         gpu_step_tags=gpu_step_tags(cloud),
@@ -167,31 +243,7 @@ def _cloud(cloud: str, io_manager: dg.ConfigurableIOManager) -> Profile:
     )
 
 
-def _aws() -> Profile:
-    from dagster_aws.s3 import S3PickleIOManager, S3Resource
-
-    s3 = S3Resource(region_name=dg.EnvVar("AWS_REGION"))
-    return _cloud("aws", S3PickleIOManager(s3_resource=s3, s3_bucket=dg.EnvVar("MLOPS_BUCKET"), s3_prefix="dagster-io"))
-
-
-def _azure() -> Profile:
-    from dagster_azure.adls2 import ADLS2DefaultAzureCredential, ADLS2PickleIOManager, ADLS2Resource
-
-    adls2 = ADLS2Resource(storage_account=dg.EnvVar("MLOPS_STORAGE_ACCOUNT"),
-                          credential=ADLS2DefaultAzureCredential(kwargs={}))  # workload identity, no static keys
-    io = ADLS2PickleIOManager(adls2=adls2, adls2_file_system=dg.EnvVar("MLOPS_CONTAINER"), adls2_prefix="dagster-io")
-    # adlfs reads the account from the abfss:// URI and, with no key given, uses DefaultAzureCredential.
-    return _cloud("azure", io)
-
-
-def _gcp() -> Profile:
-    from dagster_gcp import GCSPickleIOManager, GCSResource
-
-    gcs = GCSResource(project=dg.EnvVar("MLOPS_GCP_PROJECT"))
-    return _cloud("gcp", GCSPickleIOManager(gcs=gcs, gcs_bucket=dg.EnvVar("MLOPS_BUCKET"), gcs_prefix="dagster-io"))
-
-
-PROFILES: dict[str, Callable[[], Profile]] = {"local": _local, "aws": _aws, "azure": _azure, "gcp": _gcp}
+PROFILES: dict[str, Callable[[], Profile]] = {"local": _local, **{cloud: partial(_cloud, cloud) for cloud in GPU_NODE_SELECTORS}}
 
 
 def current_profile_name() -> str:

@@ -7,17 +7,17 @@ Assets reach infrastructure only through these, as dagster-aws's `S3Resource` ha
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import fsspec
 from pydantic import Field
 
 from mlops_platform.core.spec import ModelSpec
 from mlops_platform.integrations.capture import CaptureStore
 from mlops_platform.integrations.registry import MlflowRegistry, ModelRegistry
 from mlops_platform.integrations.serving import ServingBackend
-from mlops_platform.integrations.storage import BatchCatalog, FsspecLandingStore, LandingStore
+from mlops_platform.integrations.storage import BatchCatalog, FsspecLandingStore, LandingStore, modified_at, write_whole
 
 
 class MLflowResource(dg.ConfigurableResource):
@@ -111,34 +111,35 @@ KEEP_RUNS = 20  # per asset; a run still executing is always among the newest
 
 
 class RunScopedPickleIOManager(dg.ConfigurableIOManager):
-    """Asset values pickled on the local disk, one file per run plus the latest one.
+    """Asset values pickled under `base_uri` (a local folder, or `s3://`, `gs://`, `abfss://` in the clouds, through
+    the same fsspec layer as the landing store), one object per run plus the latest one.
 
     Within a run, each step reads exactly what its upstream step wrote in that run, so two runs of the same model at
-    once never read each other's hand-offs (with one file per asset they did: a run could judge another run's
+    once never read each other's hand-offs (with one object per asset they did: a run could judge another run's
     challenger). Materializing one asset on its own reads the latest value of its upstream assets.
     """
 
-    base_dir: str
+    base_uri: str
 
-    def _folder(self, key: dg.AssetKey) -> Path:
-        return Path(self.base_dir).joinpath(*key.path)
+    def _folder(self, key: dg.AssetKey) -> tuple[fsspec.AbstractFileSystem, str]:
+        fs, root = fsspec.core.url_to_fs(self.base_uri)
+        return fs, "/".join([root.rstrip("/"), *key.path])
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
-        folder = self._folder(context.asset_key)
-        (folder / "runs").mkdir(parents=True, exist_ok=True)
+        fs, folder = self._folder(context.asset_key)
         payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-        for target in (folder / "runs" / f"{context.run_id}.pkl", folder / "latest.pkl"):
-            partial = target.with_name(f".{target.name}.{context.run_id}.partial")
-            partial.write_bytes(payload)
-            partial.replace(target)  # readers see a whole file or the previous one
-        for stale in sorted((folder / "runs").glob("*.pkl"), key=lambda p: p.stat().st_mtime)[:-KEEP_RUNS]:
-            stale.unlink(missing_ok=True)
+        for target in (f"{folder}/runs/{context.run_id}.pkl", f"{folder}/latest.pkl"):
+            write_whole(fs, target, payload)
+        fs.invalidate_cache(f"{folder}/runs")  # listings are cached per file system object, and adlfs ignores `refresh`
+        runs = [e for e in fs.ls(f"{folder}/runs", detail=True) if e["name"].endswith(".pkl")]
+        for stale in sorted(runs, key=modified_at)[:-KEEP_RUNS]:
+            fs.rm_file(stale["name"])
 
     def load_input(self, context: dg.InputContext) -> Any:
-        folder = self._folder(context.asset_key)
+        fs, folder = self._folder(context.asset_key)
         try:
             run_id = context.upstream_output.run_id  # the run that wrote the upstream value, when it ran in this run
         except (AttributeError, dg.DagsterInvariantViolationError):
             run_id = None
-        own = folder / "runs" / f"{run_id}.pkl"
-        return pickle.loads((own if run_id and own.exists() else folder / "latest.pkl").read_bytes())
+        own = f"{folder}/runs/{run_id}.pkl"
+        return pickle.loads(fs.cat_file(own if run_id and fs.exists(own) else f"{folder}/latest.pkl"))

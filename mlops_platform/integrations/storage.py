@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import fsspec
@@ -22,6 +24,36 @@ BATCH_SUFFIXES = (".csv", ".parquet")
 REASON_SUFFIX = ".reason.json"
 # Where a change token comes from, per file system: object stores give an ETag, local disks a modification time.
 _CHANGE_TOKENS = ("ETag", "etag", "md5Hash", "mtime", "last_modified", "LastModified", "created")
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+def write_whole(fs: fsspec.AbstractFileSystem, path: str, payload: bytes) -> None:
+    """Write so that no reader ever sees half of it: on a local disk a hidden partial file renamed into place (a
+    listing never shows half a file under its own name); an object store's PUT appears whole or not at all."""
+    folder, _, name = path.rpartition("/")
+    fs.makedirs(folder, exist_ok=True)
+    if is_local(fs):
+        partial = f"{folder}/.{name}.{uuid.uuid4().hex}.partial"
+        fs.pipe_file(partial, payload)
+        fs.mv(partial, path)
+    else:
+        fs.pipe_file(path, payload)
+
+
+def modified_at(info: dict) -> float:
+    """When an entry of `fs.ls(detail=True)` last changed, in epoch seconds, whichever file system listed it."""
+    for key in ("mtime", "LastModified", "last_modified", "updated", "created"):
+        value = info.get(key)
+        if isinstance(value, datetime):
+            return value.timestamp()
+        if isinstance(value, str):
+            return datetime.fromisoformat(value).timestamp()
+        if isinstance(value, (int, float)):
+            return float(value)
+    return 0.0
 
 
 def is_batch(name: str) -> bool:
@@ -105,7 +137,7 @@ class FsspecLandingStore(LandingStore):
 
     @property
     def local(self) -> bool:
-        return "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        return is_local(self.fs)
 
     def _move(self, source: str, target: str) -> None:
         """A rename on a local disk (a link moves as a link). An object store has no rename: the object is copied,
@@ -128,14 +160,7 @@ class FsspecLandingStore(LandingStore):
         problem = batch_name_problem(name)
         if problem:
             raise ValueError(problem)
-        path = self._landing(model, name)
-        self.fs.makedirs(self._landing(model), exist_ok=True)
-        if self.local:
-            partial = self._landing(model, f".{name}.partial")
-            self.fs.pipe_file(partial, payload)
-            self.fs.mv(partial, path)  # a listing never shows half a file under the batch's own name
-        else:
-            self.fs.pipe_file(path, payload)  # an object appears whole or not at all
+        write_whole(self.fs, self._landing(model, name), payload)
         return f"{self.landing_uri}/{model}/{name}"
 
     def quarantine(self, model: str, name: str, reason: str) -> str:

@@ -1,10 +1,11 @@
-"""The `aws` and `gcp` profiles end to end against moto's S3 server and the GCS emulator on loopback: the same
+"""The cloud profiles end to end against moto's S3 server, Azurite and the GCS emulator on loopback: the same
 resources, IO managers and storage paths as in the cloud, with only the two documented switches
 (`MLOPS_EXECUTOR=in_process`, `MLOPS_SERVING=local`) because there is no Kubernetes here. Credentials and endpoints
 come from the environment, as in the cloud.
 
 Dagster's run, event and schedule storage and MLflow's backend store are a real PostgreSQL server on loopback.
-`azure` has no run here: its IO manager speaks the Data Lake Gen2 (dfs) API, which Azurite does not emulate."""
+Azurite has no Data Lake Gen2 (dfs) endpoint: the platform's `abfss://` paths go through adlfs's blob API, which it
+serves, and MLflow's artifacts through `wasbs://`, as `infra_cdktf` sets them in the cloud."""
 
 from __future__ import annotations
 
@@ -20,27 +21,35 @@ from mlops_platform.core import data
 from mlops_platform.definitions import build_definitions
 from mlops_platform.defs.automation import build_new_batch_sensor
 from mlops_platform.defs.model_assets import job_name
-from mlops_platform.defs.profiles import load_profile
-from tests.emulators import environment, gcs_server, new_bucket, postgres_server, s3_server
+from mlops_platform.defs.profiles import load_profile, required_env
+from tests.emulators import AZURITE_ACCOUNT, azure_server, environment, gcs_server, new_bucket, postgres_server, s3_server
 from tests.support import REPO, breast_cancer, fast, free_port
 
+
+def azure_roots(container: str) -> tuple[str, str]:
+    """As in the cloud: the Data Lake URI for the platform's storage (adlfs reaches it through the blob API, which
+    Azurite serves) and the blob URI for MLflow's artifacts (MLflow's `abfss://` client needs the dfs API)."""
+    return (f"abfss://{container}@{AZURITE_ACCOUNT}.dfs.core.windows.net",
+            f"wasbs://{container}@{AZURITE_ACCOUNT}.blob.core.windows.net/mlflow")
+
+
 CLOUDS = {
-    # profile: (emulator, the profile's own storage variables beside the shared ones)
-    "aws": (s3_server, lambda bucket, emulator: {"MLOPS_BUCKET": bucket.split("://")[1],
-                                                 "MLFLOW_S3_ENDPOINT_URL": emulator.url}),
-    "gcp": (gcs_server, lambda bucket, emulator: {"MLOPS_BUCKET": bucket.split("://")[1],
-                                                  "MLOPS_GCP_PROJECT": "mlops-test"}),
+    # profile: (emulator, bucket name → (the platform's object root, MLflow's artifact root), the SDK's own variables)
+    "aws": (s3_server, lambda name: (f"s3://{name}", f"s3://{name}/mlflow"),
+            lambda emulator: {"MLFLOW_S3_ENDPOINT_URL": emulator.url}),
+    "azure": (azure_server, azure_roots, lambda emulator: {}),
+    "gcp": (gcs_server, lambda name: (f"gs://{name}", f"gs://{name}/mlflow"), lambda emulator: {}),
 }
 
 
 @pytest.mark.parametrize("cloud", sorted(CLOUDS))
 def test_a_cloud_profile_runs_the_whole_job_on_its_object_store(platform_home, cloud):
     spec = fast(breast_cancer())
-    server, storage_env = CLOUDS[cloud]
+    server, roots, sdk_env = CLOUDS[cloud]
     workdir = platform_home / cloud
     workdir.mkdir()
     with server(workdir) as emulator, postgres_server(workdir / "postgres") as postgres:
-        bucket = new_bucket(emulator)
+        bucket, artifact_root = roots(new_bucket(emulator).split("://")[1])
         dagster_home = workdir / "dagster_home"
         dagster_home.mkdir()
         # The cloud instance's own storage block (runs, events, schedules), pointed at this server without TLS.
@@ -49,14 +58,15 @@ def test_a_cloud_profile_runs_the_whole_job_on_its_object_store(platform_home, c
         storage["postgres"]["postgres_db"].update(port=int(postgres.rsplit(":", 1)[1]), params={"sslmode": "disable"})
         instance_config = {**yaml.safe_load((REPO / "dagster.yaml").read_text()), "storage": storage}
         (dagster_home / "dagster.yaml").write_text(yaml.safe_dump(instance_config))
-        env = {**emulator.env, **storage_env(bucket, emulator), "MLOPS_PROFILE": cloud, "MLOPS_EXECUTOR": "in_process",
+        env = {**emulator.env, **sdk_env(emulator), "MLOPS_PROFILE": cloud, "MLOPS_EXECUTOR": "in_process",
                "MLOPS_SERVING": "local", "MLOPS_LANDING_URI": f"{bucket}/landing",
                "MLOPS_QUARANTINE_URI": f"{bucket}/quarantine", "MLOPS_CAPTURE_URI": f"{bucket}/capture",
+               "MLOPS_IO_URI": f"{bucket}/dagster-io",
                "MLFLOW_TRACKING_URI": f"{postgres.replace('postgresql://', 'postgresql+psycopg2://')}/mlflow",
                "MLOPS_MLFLOW_UI_URL": "http://127.0.0.1:5000",
                "DAGSTER_HOME": str(dagster_home), "DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_DB": "dagster",
                "DAGSTER_PG_USER": postgres.split("//")[1].split("@")[0], "DAGSTER_PG_PASSWORD": "",
-               "MLOPS_MLFLOW_ARTIFACT_ROOT": f"{bucket}/mlflow",
+               "MLOPS_MLFLOW_ARTIFACT_ROOT": artifact_root,
                "MLOPS_SERVING_PORT": str(free_port()), "MLOPS_GRPC_PORT": str(free_port())}
         with environment(env):
             profile = load_profile()
@@ -79,6 +89,7 @@ def test_a_cloud_profile_runs_the_whole_job_on_its_object_store(platform_home, c
             assert any(p.endswith(".reason.json") for p in quarantined)
             assert fs.find(f"{root}/dagster-io"), "IO manager outputs are in the bucket"
             assert any(p.endswith("MLmodel") for p in fs.find(f"{root}/mlflow")), "the MLflow model is in the bucket"
+            assert {"MLOPS_PROFILE", *required_env(cloud, "local")} <= set(env), "the run sets what the table requires"
             import psycopg2
 
             with psycopg2.connect(f"{postgres}/dagster") as connection, connection.cursor() as cursor:
@@ -140,7 +151,7 @@ def test_s3_lost_mid_run_fails_cleanly_and_the_rerun_succeeds(platform_home):
         port = s3.url.rsplit(":", 1)[1]
         bucket = new_bucket(s3)
         env = {**s3.env, "MLOPS_PROFILE": "aws", "MLOPS_EXECUTOR": "in_process", "MLOPS_SERVING": "local",
-               "MLOPS_BUCKET": bucket.split("://")[1], "MLOPS_LANDING_URI": f"{bucket}/landing",
+               "MLOPS_IO_URI": f"{bucket}/dagster-io", "MLOPS_LANDING_URI": f"{bucket}/landing",
                "MLOPS_QUARANTINE_URI": f"{bucket}/quarantine", "MLOPS_CAPTURE_URI": f"{bucket}/capture",
                "MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db", "MLOPS_MLFLOW_UI_URL": "http://127.0.0.1:5000",
                "MLOPS_MLFLOW_ARTIFACT_ROOT": f"{bucket}/mlflow", "MLFLOW_S3_ENDPOINT_URL": s3.url,

@@ -197,17 +197,21 @@ def test_checkov_skip_list_gives_every_skip_a_reason():
     assert all(set(entry.get("stacks", [])) <= stacks for entry in skips.values())
 
 
-def test_dagster_run_environment_sets_only_variables_the_profile_reads(synthesized):
-    """The variable names live in `defs/profiles.py`; the infrastructure may not set one the profile does not read
-    (a rename on one side would show here)."""
-    from mlops_platform.defs.profiles import PROFILE_ENV, profile_env
+def test_dagster_run_environment_is_what_the_profile_reads(synthesized):
+    """The variable names live in `defs/profiles.py`: the run environment sets every variable the cloud profile
+    needs with the cluster's serving, and none it does not read (a rename on one side would show here)."""
+    from mlops_platform.defs.profiles import PROFILE_ENV, SDK_VARIABLES, VARIABLES, required_env
 
     for stack_id, doc in synthesized.items():
         cloud = stack_id.split("-")[0]
         values = json.loads(releases(doc)["dagster"]["values"][0])
         run_env = dict(v.split("=", 1) for v in values["runLauncher"]["config"]["k8sRunLauncher"]["envVars"])
         assert run_env[PROFILE_ENV] == cloud
-        assert set(run_env) - {PROFILE_ENV} <= set(profile_env(cloud)), stack_id
+        assert set(required_env(cloud)) <= set(run_env), (stack_id, set(required_env(cloud)) - set(run_env))
+        known = {v.name for v in VARIABLES if cloud in v.profiles} | {s.name for s in SDK_VARIABLES if s.cloud == cloud}
+        assert set(run_env) - {PROFILE_ENV} <= known, (stack_id, set(run_env) - known)
+        code_server = values["dagster-user-deployments"]["deployments"][0]["env"]
+        assert {e["name"]: e["value"] for e in code_server} == run_env, "the code server loads the same profile"
 
 
 def test_model_servers_are_reachable_only_from_the_gateway_prometheus_and_dagster(synthesized):

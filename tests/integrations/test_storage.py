@@ -161,3 +161,28 @@ def test_setting_aside_quarantines_landing_batches_and_notes_source_files_withou
     assert [b.name for b in catalog.batches()] == ["feb.csv", "jan.csv"]
     with pytest.raises(KeyError, match="has no batch 'nope.csv'"):
         catalog.find("nope.csv")
+
+
+def test_asset_values_are_kept_per_run_on_every_store(roots):
+    """The IO manager of every profile, on the same stores: each run reads back exactly what it wrote, even with
+    another run of the same asset in between; a lone materialization reads the latest; old runs are pruned."""
+    import dagster as dg
+
+    from mlops_platform.defs.resources import KEEP_RUNS, RunScopedPickleIOManager
+
+    io = RunScopedPickleIOManager(base_uri=roots[0].rsplit("/", 1)[0] + "/dagster-io")
+    key = dg.AssetKey(["model", "challenger"])
+    runs = [f"run-{i:02d}" for i in range(KEEP_RUNS + 2)]
+    for run in runs:
+        io.handle_output(dg.build_output_context(asset_key=key, run_id=run), {"written_by": run})
+
+    def read(upstream_run: str | None):
+        upstream = dg.build_output_context(asset_key=key, run_id=upstream_run) if upstream_run else None
+        return io.load_input(dg.build_input_context(asset_key=key, upstream_output=upstream))["written_by"]
+
+    assert read(runs[-3]) == runs[-3], "a run reads its own value, not the newer run's"
+    assert read(None) == runs[-1]
+    fs, root = fsspec.core.url_to_fs(io.base_uri)
+    fs.invalidate_cache()
+    kept = fs.ls(f"{root}/model/challenger/runs", detail=False)
+    assert len(kept) == KEEP_RUNS and all(not p.endswith(f"{runs[0]}.pkl") for p in kept)
