@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -46,15 +47,33 @@ class Emulator:
                 self.process.wait(timeout=10)
 
 
+def _log_tail(log: Path, lines: int = 5) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return ""
+
+
+def _ensure_free(name: str, port: int) -> None:
+    """A server already on the port would answer the readiness probe in the emulator's place: refuse, and say so."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise EmulatorUnavailable(f"{name}: port {port} on 127.0.0.1 is taken ({exc.strerror})") from None
+
+
 def _start(name: str, command: list[str], ready_url: str, log: Path, timeout: float = 30.0) -> subprocess.Popen:
     if shutil.which(command[0]) is None and not Path(command[0]).exists():
         raise EmulatorUnavailable(f"{name}: {command[0]} is not installed (make install puts it in .venv)")
+    _ensure_free(name, int(ready_url.split(":")[2].split("/")[0]))
     with open(log, "ab") as out:  # the child keeps its own descriptor
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise EmulatorUnavailable(f"{name} exited with {process.returncode} at start; its log: {log}")
+            raise EmulatorUnavailable(f"{name} exited with {process.returncode} at start; the end of {log}:\n"
+                                      f"{_log_tail(log)}")
         try:
             requests.get(ready_url, timeout=1)
             return process
@@ -203,6 +222,7 @@ def postgres_server(workdir: Path, databases: tuple[str, ...] = ("dagster", "mlf
     init = subprocess.run([*as_user, _postgres_bin("initdb"), "-D", str(data), "-U", user, "--auth=trust", "-E", "UTF8"],
                           capture_output=True, text=True)
     if init.returncode:
+        shutil.rmtree(cluster, ignore_errors=True)
         raise EmulatorUnavailable(f"PostgreSQL: initdb failed: {init.stderr.strip()[-500:]}")
     with open(workdir / "postgres.log", "ab") as out:
         process = subprocess.Popen([*as_user, _postgres_bin("postgres"), "-D", str(data), "-p", str(port), "-h",

@@ -197,3 +197,24 @@ def test_s3_lost_mid_run_fails_cleanly_and_the_rerun_succeeds(platform_home):
                     assert registry.version_for(spec.registered_name, "champion") is not None
                     with dg.build_resources({"serving": profile.resources["serving"]}) as built:
                         built.serving.get_backend().stop()
+
+
+def test_a_server_that_cannot_start_says_which_and_why(tmp_path, monkeypatch):
+    """What `make e2e-*` prints, and why it exits non-zero, when its servers cannot start."""
+    import socket
+
+    from tests import emulators
+
+    def refused(server, match: str) -> None:
+        with pytest.raises(emulators.EmulatorUnavailable, match=match), server:
+            pass
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        refused(s3_server(tmp_path, port=port), f"moto S3 server: port {port} on 127.0.0.1 is taken")
+    monkeypatch.setattr(emulators, "_bin", lambda tool: str(tmp_path / "missing" / tool))
+    refused(gcs_server(tmp_path), "GCS emulator: .*gcp-storage-emulator is not installed")
+    monkeypatch.setattr(emulators, "_postgres_bin", lambda tool: "/bin/false")  # an initdb that fails
+    refused(postgres_server(tmp_path / "postgres"), "PostgreSQL: initdb failed")
