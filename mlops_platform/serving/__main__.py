@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="bearer token that routing and repository changes need; without it they are switched off")
     parser.add_argument("--model", action="append", default=[], metavar="NAME=VERSION",
                         help="serve this registered version (in a cluster, one predictor pod per revision)")
+    parser.add_argument("--model-dir", default=None, metavar="DIR",
+                        help="the one --model's MLflow model, already downloaded (KServe's storage initializer puts "
+                             "STORAGE_URI in /mnt/models); loaded from here, its metadata still from the registry")
     parser.add_argument("--batching", default=None, metavar="JSON",
                         help="batching of the --model endpoints, e.g. '{\"max_batch_rows\": 64}'; off without it")
     parser.add_argument("--capture-uri", default=None,
@@ -81,6 +84,11 @@ def main(argv: list[str] | None = None) -> None:
     capture = CaptureWriter(args.capture_uri, max_queue_rows=args.capture_queue_rows) if args.capture_uri else None
     repository = EndpointRepository(args.tracking_uri, args.registry_uri, args.routing_file, revision_label=args.revision,
                                     max_rows=args.max_rows or DEFAULT_MAX_ROWS, capture=capture)
+    if args.model_dir:
+        if len(args.model) != 1:
+            raise SystemExit("--model-dir holds one model: give exactly one --model NAME=VERSION with it")
+        name, _, version = args.model[0].partition("=")
+        repository.preload(name, version, args.model_dir)
     if args.model:
         batching = BatchSettings.from_spec(json.loads(args.batching)) if args.batching else None
         for pinned in args.model:

@@ -4,6 +4,7 @@ canaries whose lease ran out rolled back by the server itself."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -12,7 +13,14 @@ from kserve import ModelRepository
 from kserve.errors import ModelNotFound
 
 from mlops_platform.core.canary import Revision
-from mlops_platform.integrations.registry import Alias, CanaryStatus, LoadedModel, MlflowRegistry, load_registered
+from mlops_platform.integrations.registry import (
+    Alias,
+    CanaryStatus,
+    LoadedModel,
+    MlflowRegistry,
+    load_model_uri,
+    load_registered,
+)
 from mlops_platform.serving.capture import CaptureWriter
 from mlops_platform.serving.model import EndpointModel
 from mlops_platform.serving.protocol import DEFAULT_MAX_ROWS
@@ -43,6 +51,11 @@ class EndpointRepository(ModelRepository):
         if key not in self._loaded:
             self._loaded[key] = load_registered(self.client, name, version=version)
         return self._loaded[key]
+
+    def preload(self, name: str, version: str, model_dir: str) -> None:
+        """Use a copy of the version already on local disk (in a cluster, what the storage initializer downloaded
+        from the version's artifact location) instead of downloading it again through the registry."""
+        self._loaded[(name, version)] = dataclasses.replace(load_model_uri(model_dir), name=name, version=version)
 
     def apply(self, name: str, routing: Routing) -> EndpointModel:
         """Load what the routing needs, then swap it in with one assignment: requests in flight finish on the old one."""

@@ -28,8 +28,10 @@ def test_serving_image_entrypoint_is_the_runtime_the_cluster_backend_configures(
     dockerfile = (REPO / "deploy" / "Dockerfile.serving").read_text()
     assert 'ENTRYPOINT ["python", "-m", "mlops_platform.serving"]' in dockerfile
     assert f"EXPOSE {RUNTIME_PORT}" in dockerfile
-    args = predictor_spec("m", "1", Revision.STABLE, image="i", tracking_uri="t", service_account=None).containers[0].args
+    args = predictor_spec("m", "1", Revision.STABLE, image="i", tracking_uri="t", service_account=None,
+                          storage_uris={"1": "s3://b/m/1"}).containers[0].args
     from mlops_platform.serving.__main__ import build_parser
 
     parsed = build_parser().parse_args(args)
     assert (parsed.host, parsed.port, parsed.model, parsed.revision) == ("0.0.0.0", RUNTIME_PORT, ["m=1"], "stable")
+    assert parsed.model_dir == "/mnt/models", "where KServe's storage initializer puts the predictor's STORAGE_URI"

@@ -1,10 +1,9 @@
 """The cluster serving backend: InferenceServices and patches for canary, promotion and rollback, validated against
-the CRD schema kept in the repository, sent through KServeClient to a Kubernetes API stand-in on loopback; revision
-metrics read from a Prometheus query API stand-in."""
+KServe's own CRD (v0.20.0, strict field validation) and its webhook's canary rules, sent through KServeClient to a
+Kubernetes API stand-in on loopback; revision metrics read from a Prometheus query API stand-in."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import jsonschema
@@ -13,18 +12,20 @@ import pytest
 
 from mlops_platform.core.canary import Outcome
 from mlops_platform.integrations.serving.kserve import DeploymentMode, KServeServing
+from tests import upstream
 from tests.integrations.fake_servers import FakeKubernetes, FakePrometheus
-from tests.support import REPO
+from tests.upstream.kserve_webhook import canary_errors
 
 STANDARD, SERVERLESS = DeploymentMode.STANDARD, DeploymentMode.SERVERLESS
 
-SCHEMA = json.loads((REPO / "deploy" / "kserve" / "inferenceservice.schema.json").read_text())
+SCHEMA = upstream.crd_validator("kserve-v0.20.0-serving.kserve.io_inferenceservices.yaml.gz", "v1beta1")
 NAME, NS = "breast-cancer", "models"
 
 
 def validate(isvc: dict) -> None:
-    """The CRD schema for the InferenceService, the Kubernetes schema for each predictor container."""
-    jsonschema.validate({k: v for k, v in isvc.items() if k != "status"}, SCHEMA)
+    """KServe's CRD schema and webhook for the InferenceService, the Kubernetes schema for each predictor container."""
+    SCHEMA.validate({k: v for k, v in isvc.items() if k != "status"})
+    assert canary_errors(isvc) is None, canary_errors(isvc)
     predictors = [isvc["spec"]["predictor"], *[c["predictor"] for c in isvc["spec"].get("canary", [])]]
     for predictor in predictors:
         pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": predictor["containers"]}}
@@ -41,11 +42,25 @@ def revision_of(predictor: dict) -> str:
     return args[args.index("--revision") + 1]
 
 
+def artifact_uri(version: str) -> str:
+    return f"s3://models-bucket/mlflow/{version}/artifacts"
+
+
 @pytest.fixture
 def cluster(tmp_path):
+    """The Kubernetes API stand-in, and a real MLflow registry on SQLite with versions 1 to 6 of the endpoint's model,
+    whose artifact locations the InferenceServices name."""
+    from mlops_platform.integrations.registry import MlflowRegistry
+
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowRegistry(tracking).client()
+    client.create_registered_model(NAME)
+    for version in range(1, 7):
+        client.create_model_version(NAME, source=artifact_uri(str(version)))
     with FakeKubernetes() as api:
-        def serving(mode: DeploymentMode, prometheus: str = "http://prometheus.invalid") -> KServeServing:
-            return KServeServing(NS, "registry.example.com/mlops-runtime:1.0", "http://mlflow.mlops:5000",
+        def serving(mode: DeploymentMode, prometheus: str = "http://prometheus.invalid",
+                    tracking_uri: str = tracking) -> KServeServing:
+            return KServeServing(NS, "registry.example.com/mlops-runtime:1.0", tracking_uri,
                                  service_account="kserve-models", deployment_mode=mode,
                                  kubeconfig=api.kubeconfig(tmp_path / "kubeconfig.json"), ready_poll_s=0.05,
                                  prometheus_url=prometheus)
@@ -108,14 +123,36 @@ def test_serverless_mode_uses_canary_traffic_percent(cluster):
     assert stored(api)["spec"]["predictor"]["canaryTrafficPercent"] == 100 and version_of(stored(api)["spec"]["predictor"]) == "6"
 
 
+def test_the_predictors_name_their_artifacts_for_the_storage_initializer(cluster):
+    api, make = cluster
+    serving = make(STANDARD)
+    serving.set_routing(NAME, "3", "4", 10, force=True)
+    predictors = [stored(api)["spec"]["predictor"], stored(api)["spec"]["canary"][0]["predictor"]]
+    for predictor, version in zip(predictors, ("3", "4"), strict=True):
+        env = {e["name"]: e["value"] for e in predictor["containers"][0]["env"]}
+        assert env["STORAGE_URI"] == artifact_uri(version)
+    assert stored(api)["spec"]["canary"][0]["predictor"]["name"] == "canary"
+
+
+def test_the_webhook_rules_refuse_what_kserve_refuses():
+    """The rules this file checks against, on the shapes the webhook refuses: a canary beside a stable predictor
+    without a model or storage URI (what the platform sent before), and an unnamed canary."""
+    container = {"name": "kserve-container", "image": "i"}
+    isvc = {"metadata": {"annotations": {"serving.kserve.io/deploymentMode": "Standard"}},
+            "spec": {"predictor": {"containers": [container]},
+                     "canary": [{"predictor": {"name": "canary", "containers": [container]}, "trafficPercent": 10}]}}
+    assert "requires a stable predictor with a model" in canary_errors(isvc)
+    isvc["spec"]["predictor"]["containers"] = [{**container, "env": [{"name": "STORAGE_URI", "value": "s3://b/m"}]}]
+    assert canary_errors(isvc) is None
+    del isvc["spec"]["canary"][0]["predictor"]["name"]
+    assert canary_errors(isvc) == "canary[0] predictor.name is required"
+
+
 def test_schema_rejects_what_the_api_server_would_silently_drop():
     bad = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": {"name": NAME},
            "spec": {"predictor": {"containers": [{"name": "kserve-container", "image": "i"}], "canaryTrafficPercnt": 10}}}
-    with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(bad, SCHEMA)
-    bad["spec"]["predictor"] = {"containers": [{"name": "kserve-container", "image": "i"}], "canaryTrafficPercent": 120}
-    with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(bad, SCHEMA)
+    with pytest.raises(jsonschema.ValidationError, match="canaryTrafficPercnt"):
+        SCHEMA.validate(bad)
 
 
 def _vector(labels_and_values):
@@ -149,23 +186,24 @@ def test_release_canary_on_the_cluster_backend_rolls_back_a_failing_canary(clust
     mlflow = registry()
     broken = register_broken_version(breast_cancer())
     mlflow.record_gate(NAME, broken, True, "passed offline; fails every request online")
+    stable = str(mlflow.client().create_model_version(NAME, source=artifact_uri("stable")).version)
 
     def respond(query: str):  # counters growing at each poll: a healthy stable, a canary answering 500s
         if "requests_total" in query:
             ticks["n"] += 1
             n = ticks["n"]
-            return _vector([({"revision": "stable", "version": "3", "code": "200"}, 90 * n),
+            return _vector([({"revision": "stable", "version": stable, "code": "200"}, 90 * n),
                             ({"revision": "canary", "version": broken, "code": "500"}, 10 * n)])
         return []
 
     with FakePrometheus(respond) as prom:
-        serving = make(STANDARD, prom.url)
-        serving.deploy(NAME, "3")  # the stable version as the cluster serves it; only the canary is tagged in MLflow
-        release = release_canary(fast(breast_cancer()), mlflow, serving, "3", broken, rows=[[0.0] * 30])
+        serving = make(STANDARD, prom.url, tracking_uri=mlflow.tracking_uri)
+        serving.deploy(NAME, stable)  # the stable version as the cluster serves it; only the canary is tagged in MLflow
+        release = release_canary(fast(breast_cancer()), mlflow, serving, stable, broken, rows=[[0.0] * 30])
     assert release.verdict.outcome == Outcome.ROLLBACK and "error rate 100.0%" in release.verdict.reason
     patches = [r for r in api.requests if r["method"] == "PATCH"]
     assert len(patches) == 2  # canary in, canary out
-    assert stored(api)["spec"]["canary"] == [] and version_of(stored(api)["spec"]["predictor"]) == "3"
+    assert stored(api)["spec"]["canary"] == [] and version_of(stored(api)["spec"]["predictor"]) == stable
     canary_patch = patches[0]["body"]["spec"]["canary"][0]
     assert version_of(canary_patch["predictor"]) == broken and canary_patch["trafficPercent"] == 10
     assert mlflow.client().get_model_version(NAME, broken).tags["canary"] == "rejected"
@@ -177,14 +215,15 @@ def test_canary_lease_is_recorded_on_the_inference_service_and_reaped_when_it_ru
     from tests.support import breast_cancer, register_broken_version, registry
 
     api, make = cluster
-    serving = make(STANDARD)
-    serving.deploy(NAME, "3")
-    assert serving.canary_state(NAME).canary is None
     mlflow = registry()
     candidate = register_broken_version(breast_cancer())
-    serving.set_routing(NAME, "3", candidate, 10, lease=CanaryLease("run-a", deadline=1_000.0))
+    stable = str(mlflow.client().create_model_version(NAME, source=artifact_uri("stable")).version)
+    serving = make(STANDARD, tracking_uri=mlflow.tracking_uri)
+    serving.deploy(NAME, stable)
+    assert serving.canary_state(NAME).canary is None
+    serving.set_routing(NAME, stable, candidate, 10, lease=CanaryLease("run-a", deadline=1_000.0))
     state = serving.canary_state(NAME)
-    assert (state.stable, state.canary, state.lease) == ("3", candidate, CanaryLease("run-a", 1_000.0))
+    assert (state.stable, state.canary, state.lease) == (stable, candidate, CanaryLease("run-a", 1_000.0))
 
     assert reap_abandoned_canaries([NAME], mlflow, serving, now=999.0) == []
     assert stored(api)["spec"]["canary"] != []

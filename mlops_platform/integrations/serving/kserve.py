@@ -1,8 +1,11 @@
 """The cluster serving backend: InferenceServices running the platform's own KServe runtime image.
 
-The same `ServingBackend` calls as the local server, mapped onto KServe 0.21:
-  * Standard (RawDeployment) mode: the stable revision is `spec.predictor`, the canary is `spec.canary[0]` with its
-    `trafficPercent` (routing needs the Gateway API). Promotion and rollback patch both.
+The same `ServingBackend` calls as the local server, mapped onto KServe 0.20+:
+  * Standard (RawDeployment) mode: the stable revision is `spec.predictor`, the canary is `spec.canary[0]` (named
+    `canary`) with its `trafficPercent` (routing needs the Gateway API). Promotion and rollback patch both.
+  * Each predictor names its version's artifacts in `STORAGE_URI`: KServe's webhook allows a canary only beside a
+    stable predictor with a storage URI, and its storage initializer downloads them to /mnt/models, where the
+    runtime loads them (`--model-dir`) instead of downloading them again.
   * Serverless mode: Knative revisions; the candidate becomes `spec.predictor` with `canaryTrafficPercent`, the
     previous rolled-out revision keeps the rest. Rollback is `canaryTrafficPercent: 0`, promotion `100`.
 Revisions are judged from Prometheus, which scrapes the same request metrics the local server exposes.
@@ -19,6 +22,7 @@ from typing import Any
 
 from mlops_platform.core.canary import CanaryLease, Revision
 from mlops_platform.integrations.metrics import PrometheusMetrics
+from mlops_platform.integrations.registry import MlflowRegistry
 from mlops_platform.integrations.serving import (
     CanaryState,
     Endpoint,
@@ -40,8 +44,12 @@ class DeploymentMode(StrEnum):
     SERVERLESS = "Serverless"
 
 
+MODEL_DIR = "/mnt/models"  # where KServe's storage initializer puts what STORAGE_URI names
+CANARY_PREDICTOR = "canary"  # KServe's webhook requires each canary predictor to have a name, unlike the stable one
+
+
 def predictor_spec(name: str, version: str, revision: Revision, *, image: str, tracking_uri: str,
-                   service_account: str | None, canary_traffic_percent: int | None = None,
+                   service_account: str | None, storage_uris: dict[str, str], canary_traffic_percent: int | None = None,
                    batching: dict | None = None, capture: dict | None = None) -> Any:
     """Our runtime as a custom predictor container, pinned to one registered version and labelled with its revision."""
     from kserve import V1beta1PredictorSpec
@@ -51,19 +59,22 @@ def predictor_spec(name: str, version: str, revision: Revision, *, image: str, t
         name="kserve-container",
         image=image,
         args=["--host", "0.0.0.0", "--port", str(RUNTIME_PORT), "--tracking-uri", tracking_uri,
-              "--model", f"{name}={version}", "--revision", str(revision),
+              "--model", f"{name}={version}", "--model-dir", MODEL_DIR, "--revision", str(revision),
               *(["--batching", json.dumps(batching, sort_keys=True)] if batching else []),
               *(["--capture-uri", capture["uri"], "--capture-rate", str(capture["rate"])] if capture else [])],
-        env=[V1EnvVar(name="MLOPS_MODEL_VERSION", value=version)],
+        env=[V1EnvVar(name="MLOPS_MODEL_VERSION", value=version),
+             V1EnvVar(name="STORAGE_URI", value=storage_uris[version])],
         ports=[V1ContainerPort(container_port=RUNTIME_PORT, protocol="TCP")],
         resources=V1ResourceRequirements(requests={"cpu": "500m", "memory": "1Gi"}, limits={"memory": "2Gi"}),
     )
     return V1beta1PredictorSpec(containers=[container], service_account_name=service_account, min_replicas=1,
-                                canary_traffic_percent=canary_traffic_percent)
+                                canary_traffic_percent=canary_traffic_percent,
+                                name=CANARY_PREDICTOR if revision == Revision.CANARY and canary_traffic_percent is None
+                                else None)
 
 
 def inference_service(name: str, stable: str, canary: str | None, canary_percent: int, *, namespace: str, image: str,
-                      tracking_uri: str, service_account: str | None = None,
+                      tracking_uri: str, storage_uris: dict[str, str], service_account: str | None = None,
                       mode: DeploymentMode = DeploymentMode.STANDARD, serverless_percent: int | None = None,
                       lease: CanaryLease | None = None, batching: dict | None = None, capture: dict | None = None) -> Any:
     """The whole InferenceService for one endpoint and its routing; the routing and the canary's lease are also kept
@@ -72,7 +83,7 @@ def inference_service(name: str, stable: str, canary: str | None, canary_percent
     from kubernetes.client import V1ObjectMeta
 
     common = {"image": image, "tracking_uri": tracking_uri, "service_account": service_account, "batching": batching,
-              "capture": capture}
+              "capture": capture, "storage_uris": storage_uris}
     if mode == DeploymentMode.STANDARD:
         spec = V1beta1InferenceServiceSpec(
             predictor=predictor_spec(name, stable, Revision.STABLE, **common),
@@ -126,6 +137,11 @@ class KServeServing(ServingBackend):
         self.ready_timeout_s, self.ready_poll_s = ready_timeout_s, ready_poll_s
         self.metrics = PrometheusMetrics(prometheus_url, namespace)
 
+    def storage_uris(self, name: str, versions: list[str]) -> dict[str, str]:
+        """Where each version's model artifacts are (s3://, gs://, wasbs://...), as the registry says."""
+        client = MlflowRegistry(self.tracking_uri).client()
+        return {v: client.get_model_version_download_uri(name, v) for v in versions}
+
     def client(self) -> Any:
         from kserve import KServeClient
 
@@ -150,8 +166,10 @@ class KServeServing(ServingBackend):
         if capture_rate is None and current is not None:
             capture_rate = _routing_annotation(current).get("capture_rate")
         capture = {"uri": self.capture_uri, "rate": capture_rate} if self.capture_uri and capture_rate else None
+        versions = [v for v in (stable, canary) if v]
         isvc = inference_service(name, stable, canary, canary_percent, namespace=self.namespace, image=self.image,
-                                 tracking_uri=self.tracking_uri, service_account=self.service_account,
+                                 tracking_uri=self.tracking_uri, storage_uris=self.storage_uris(name, versions),
+                                 service_account=self.service_account,
                                  mode=self.mode, serverless_percent=serverless_percent, lease=lease, batching=batching,
                                  capture=capture)
         if current is None:
