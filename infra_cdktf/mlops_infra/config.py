@@ -107,13 +107,13 @@ def _pair(cloud: Cloud, region: str, cidrs: tuple[str, str], zones: tuple[str, .
 
 
 _AWS = _pair("aws", "eu-west-1", ("10.10.0.0/16", "10.11.0.0/16"), ("eu-west-1a", "eu-west-1b", "eu-west-1c"),
-             {"system": "m6i.large", "training": "c6i.2xlarge", "gpu": "g6.xlarge",
+             {"system": "m6i.large", "training": "c6i.2xlarge", "gpu": "g6.2xlarge",
               "db_dev": "db.t4g.medium", "db_prod": "db.m7g.large"})
 _AZURE = _pair("azure", "westeurope", ("10.20.0.0/16", "10.21.0.0/16"), ("1", "2", "3"),
-               {"system": "Standard_D4s_v5", "training": "Standard_F8s_v2", "gpu": "Standard_NC4as_T4_v3",
+               {"system": "Standard_D4s_v5", "training": "Standard_F8s_v2", "gpu": "Standard_NC8as_T4_v3",
                 "db_dev": "B_Standard_B2s", "db_prod": "GP_Standard_D4ds_v5"})
 _GCP = _pair("gcp", "europe-west4", ("10.30.0.0/16", "10.31.0.0/16"), ("europe-west4-a", "europe-west4-b", "europe-west4-c"),
-             {"system": "e2-standard-4", "training": "c2-standard-8", "gpu": "g2-standard-4",
+             {"system": "e2-standard-4", "training": "c2-standard-8", "gpu": "g2-standard-8",
               "db_dev": "db-custom-2-7680", "db_prod": "db-custom-4-15360"}, accelerator="nvidia-l4")
 
 ENVIRONMENTS: dict[str, Environment] = {e.stack_id: e for e in (*_AWS, *_AZURE, *_GCP)}
