@@ -37,7 +37,14 @@ infra_cdktf/node_modules/.installed: infra_cdktf/package.json infra_cdktf/packag
 	.venv-checkov/bin/pip install -q checkov==$(CHECKOV_VERSION)
 	touch $@
 
-infra-tools: infra_cdktf/node_modules/.installed .venv-checkov/.installed ## cdktf CLI and checkov for the infra checks
+infra-tools: infra_cdktf/node_modules/.installed .venv-checkov/.installed promtool ## cdktf CLI, checkov and promtool for the infra checks
+
+# promtool (Debian's prometheus package) runs the alert rules' unit tests; installed when missing and root, else an
+# error that says what to install: CI fails without it, never skips.
+promtool:
+	@command -v promtool >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } || \
+	  { echo "promtool is missing: install Debian's prometheus package" >&2; exit 1; }
 
 # Azurite (npm), the Azure Blob emulator the storage tests run against; moto and the GCS emulator come with `.[test]`.
 tests/azurite/node_modules/.installed: tests/azurite/package.json tests/azurite/package-lock.json
@@ -119,4 +126,4 @@ lock: ## regenerate constraints.txt from the current virtualenv
 clean: stop ## stop the server and delete local state (MLflow store, Dagster home, landing)
 	rm -rf $(MLOPS_HOME)
 
-.PHONY: help install infra-tools emulators postgres-server home run drift-demo e2e-aws e2e-azure e2e-gcp env-table launch lint test test-fast ui mlflow-ui stop validate bench synth checkov lock clean
+.PHONY: help install infra-tools emulators postgres-server home run drift-demo e2e-aws e2e-azure e2e-gcp env-table promtool launch lint test test-fast ui mlflow-ui stop validate bench synth checkov lock clean

@@ -57,6 +57,8 @@ def _log_tail(log: Path, lines: int = 5) -> str:
 def _ensure_free(name: str, port: int) -> None:
     """A server already on the port would answer the readiness probe in the emulator's place: refuse, and say so."""
     with socket.socket() as probe:
+        # As servers bind: connections of a server stopped a moment ago (TIME_WAIT) do not hold the port, a listener does.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError as exc:

@@ -11,26 +11,37 @@ class Chart:
     chart: str
     version: str
     namespace: str
+    source: str = ""  # where the pinned version is shown to exist upstream
 
 
+GH = "https://github.com"
 CHARTS: dict[str, Chart] = {
-    "cert-manager": Chart("https://charts.jetstack.io", "cert-manager", "v1.17.2", "cert-manager"),
-    # Envoy Gateway ships the Gateway API CRDs with its chart: KServe's Standard-mode canary routes through HTTPRoute.
-    "envoy-gateway": Chart("oci://docker.io/envoyproxy", "gateway-helm", "v1.4.1", "envoy-gateway-system"),
-    "kserve-crd": Chart("oci://ghcr.io/kserve/charts", "kserve-crd", "v0.21.0", "kserve"),
-    "kserve": Chart("oci://ghcr.io/kserve/charts", "kserve", "v0.21.0", "kserve"),
-    "argo-workflows": Chart("https://argoproj.github.io/argo-helm", "argo-workflows", "0.45.15", "argo"),
-    "argo-cd": Chart("https://argoproj.github.io/argo-helm", "argo-cd", "8.0.17", "argocd"),
+    "cert-manager": Chart("https://charts.jetstack.io", "cert-manager", "v1.21.1", "cert-manager",
+                          f"{GH}/cert-manager/cert-manager/releases/tag/v1.21.1"),
+    # Envoy Gateway ships the Gateway API CRDs (v1.6.1 in v1.9.0) with its chart: KServe's Standard-mode canary routes
+    # through HTTPRoute. It creates no GatewayClass: deploy/gateway/ does.
+    "envoy-gateway": Chart("oci://docker.io/envoyproxy", "gateway-helm", "v1.9.0", "envoy-gateway-system",
+                           f"{GH}/envoyproxy/gateway/tree/v1.9.0/charts/gateway-helm"),
+    # The controller's chart is `kserve-resources` since KServe 0.17 (kserve/kserve#5190); `kserve` no longer exists.
+    # v0.20.0 is the newest release whose chart and CRDs are kept in tests/upstream (the runtime library is 0.21).
+    "kserve-crd": Chart("oci://ghcr.io/kserve/charts", "kserve-crd", "v0.20.0", "kserve",
+                        f"{GH}/kserve/kserve/tree/v0.20.0/charts/kserve-crd"),
+    "kserve": Chart("oci://ghcr.io/kserve/charts", "kserve-resources", "v0.20.0", "kserve",
+                    f"{GH}/kserve/kserve/tree/v0.20.0/charts/kserve-resources"),
     "kube-prometheus-stack": Chart("https://prometheus-community.github.io/helm-charts", "kube-prometheus-stack",
-                                   "72.9.1", "monitoring"),
+                                   "88.5.3", "monitoring",
+                                   f"{GH}/prometheus-community/helm-charts/tree/kube-prometheus-stack-88.5.3"),
     "kyverno": Chart("https://kyverno.github.io/kyverno", "kyverno", "3.4.2", "kyverno"),
     "kyverno-policies": Chart("https://kyverno.github.io/kyverno", "kyverno-policies", "3.4.2", "kyverno"),
     "external-secrets": Chart("https://charts.external-secrets.io", "external-secrets", "0.17.0", "external-secrets"),
     "gpu-operator": Chart("https://helm.ngc.nvidia.com/nvidia", "gpu-operator", "v25.3.0", "gpu-operator"),
-    "karpenter": Chart("oci://public.ecr.aws/karpenter", "karpenter", "1.5.0", "karpenter"),
+    "karpenter": Chart("oci://public.ecr.aws/karpenter", "karpenter", "1.14.1", "karpenter",
+                       f"{GH}/aws/karpenter-provider-aws/releases/tag/v1.14.1"),
     "keda": Chart("https://kedacore.github.io/charts", "keda", "2.17.1", "keda"),
     "dagster": Chart("https://dagster-io.github.io/helm", "dagster", "1.13.27", "dagster"),
-    "mlflow": Chart("https://community-charts.github.io/helm-charts", "mlflow", "1.3.0", "mlflow"),
+    # Service on port 80 (the output contract's MLFLOW_IN_CLUSTER), `existingDatabaseSecret.usernameKey`.
+    "mlflow": Chart("https://community-charts.github.io/helm-charts", "mlflow", "1.11.5", "mlflow",
+                    f"{GH}/community-charts/helm-charts/tree/mlflow-1.11.5/charts/mlflow"),
     # Plain manifests (secret stores, node pools, gateways) through Helm, so a plan never needs their CRDs yet.
     "raw": Chart("https://bedag.github.io/helm-charts", "raw", "2.0.0", "kube-system"),
 }

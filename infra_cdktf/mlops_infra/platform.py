@@ -89,15 +89,27 @@ class PlatformLayer(Construct):
         self.release("kserve-crd", {}, after=["cert-manager"])
         self.release("kserve", {"kserve": {"controller": {
             "deploymentMode": "Standard",
-            "gateway": {"ingressGateway": {"enableGatewayApi": True, "className": "envoy"}},
+            # The Gateway is the platform's own (deploy/gateway/), so the chart creates none.
+            "gateway": {"ingressGateway": {"enableGatewayApi": True, "className": "envoy", "createGateway": False,
+                                           "kserveGateway": "kserve/kserve-ingress-gateway"}},
         }}}, after=["kserve-crd", "envoy-gateway"])
-        self.release("argo-workflows", {"controller": {"workflowNamespaces": ["argo", "dagster"]}})
-        self.release("argo-cd", {"configs": {"params": {"server.insecure": False}}})
+        self.release("gateway", {"resources": _deploy_manifests("gateway/gateway.yaml")}, chart="raw",
+                     name="platform-gateway", after=["envoy-gateway", "kserve"])
         self.release("kube-prometheus-stack", {
-            "prometheus": {"prometheusSpec": {"serviceMonitorSelectorNilUsesHelmValues": False,
-                                              "podMonitorSelectorNilUsesHelmValues": False,
-                                              "retention": "30d" if env.stage == "prod" else "7d"}},
+            "prometheus": {"prometheusSpec": {
+                "serviceMonitorSelectorNilUsesHelmValues": False, "podMonitorSelectorNilUsesHelmValues": False,
+                "ruleSelectorNilUsesHelmValues": False,
+                "retention": "30d" if env.stage == "prod" else "7d",
+                # On a volume, not the pod's emptyDir: the history canary analysis and the alerts look back over
+                # survives a restart or a rescheduled pod.
+                "storageSpec": {"volumeClaimTemplate": {"spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "resources": {"requests": {"storage": "100Gi" if env.stage == "prod" else "20Gi"}}}}},
+            }},
         })
+        self.release("monitoring", {"resources": [*_deploy_manifests("monitoring/podmonitor.yaml"),
+                                                  *_deploy_manifests("monitoring/rules.yaml")]},
+                     chart="raw", name="platform-monitoring", after=["kube-prometheus-stack"])
         self.release("kyverno", {"admissionController": {"replicas": 3 if env.stage == "prod" else 1}})
         self.release("kyverno-policies", {"podSecurityStandard": "baseline",
                                           "validationFailureAction": "Enforce" if env.stage == "prod" else "Audit"},
@@ -130,8 +142,8 @@ class PlatformLayer(Construct):
                                             ("mlflow", "mlflow-db", "db-password", "password"))],
         ]
         self.release("raw", {"resources": [*secrets, create_mlflow_db, *_deploy_manifests("kserve/networkpolicy.yaml"),
-                                           *inputs.extra_manifests]}, name="platform-manifests",
-                     after=["external-secrets"])
+                                           *_deploy_manifests("rbac/dagster-models.yaml"), *inputs.extra_manifests]},
+                     name="platform-manifests", after=["external-secrets"])
 
         _, dagster_sa = SERVICE_ACCOUNTS["dagster"]
         run_env = self.run_env = run_environment(env, inputs)
@@ -151,24 +163,31 @@ class PlatformLayer(Construct):
                 "dagsterApiGrpcArgs": ["-m", "mlops_platform.definitions"],
                 "env": [{"name": k, "value": v} for k, v in sorted(run_env.items())],
             }]},
-            "dagsterInstance": {"concurrency": {"pools": {"defaultLimit": 2}}},
+            # The chart writes the instance's storage, launcher and coordinator from its own keys; what it has no key
+            # for (run and pool concurrency) goes in verbatim from deploy/dagster/instance.yaml.
+            "additionalInstanceConfig": {"concurrency": _deploy_yaml("dagster/instance.yaml")["concurrency"]},
         }, after=["raw"])
         _, mlflow_sa = SERVICE_ACCOUNTS["mlflow"]
         self.release("mlflow", {
             "serviceAccount": {"create": False, "name": mlflow_sa},
             "backendStore": {"postgres": {"enabled": True, "host": inputs.database_host, "port": 5432,
                                           "database": "mlflow", "user": DATABASE_ADMIN},
-                             "existingDatabaseSecret": {"name": "mlflow-db", "passwordKey": "password"}},
+                             "existingDatabaseSecret": {"name": "mlflow-db", "usernameKey": "username",
+                                                        "passwordKey": "password"}},
+            # Not proxied: clients read and write the bucket themselves, with their own workload identity, and the
+            # server hands them the bucket URI (proxied storage would keep the artifacts inside the server's pod).
             "artifactRoot": {"defaultArtifactRoot": inputs.mlflow_artifact_root or storage_uris(inputs.object_root)["mlflow"],
-                             "proxiedArtifactStorage": True},
+                             "proxiedArtifactStorage": False},
         }, after=["raw"])
 
     def storage_outputs(self) -> dict[str, str]:
         """The run environment's storage URIs, as the output contract names them (`mlops_landing_uri`, ...)."""
         return {name.lower(): value for name, value in self.run_env.items() if name.endswith("_URI") and name.startswith("MLOPS_")}
 
-    def release(self, key: str, values: dict, *, after: list[str] = (), name: str | None = None) -> Release:
-        chart = CHARTS[key]
+    def release(self, key: str, values: dict, *, after: list[str] = (), name: str | None = None,
+                chart: str | None = None) -> Release:
+        """The chart `CHARTS[chart or key]` as release `name or key`; `key` names it for `after`."""
+        chart = CHARTS[chart or key]
         release = Release(
             self, f"release-{key}", provider=self.helm,
             name=name or key, repository=chart.repository, chart=chart.chart, version=chart.version,
@@ -211,6 +230,12 @@ def run_environment(env: Environment, inputs: PlatformInputs) -> dict[str, str]:
     }
 
 
+def _deploy_yaml(relative: str) -> dict:
+    import yaml
+
+    return yaml.safe_load((DEPLOY_DIR / relative).read_text())
+
+
 def _deploy_manifests(relative: str) -> list[dict]:
     """Kubernetes objects kept as YAML in the repository's deploy/ folder."""
     import yaml
@@ -219,9 +244,12 @@ def _deploy_manifests(relative: str) -> list[dict]:
 
 
 def _external_secret(namespace: str, name: str, remote_key: str, secret_key: str) -> dict:
+    """The database password from the cloud's secret store, beside the user name (MLflow's chart reads both keys)."""
     return {
         "apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
         "metadata": {"name": name, "namespace": namespace},
         "spec": {"refreshInterval": "1h", "secretStoreRef": {"kind": "ClusterSecretStore", "name": "cloud-secrets"},
-                 "target": {"name": name}, "data": [{"secretKey": secret_key, "remoteRef": {"key": remote_key}}]},
+                 "target": {"name": name, "template": {"engineVersion": "v2", "data": {
+                     secret_key: "{{ ." + secret_key.replace("-", "_") + " }}", "username": DATABASE_ADMIN}}},
+                 "data": [{"secretKey": secret_key.replace("-", "_"), "remoteRef": {"key": remote_key}}]},
     }

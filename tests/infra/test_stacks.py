@@ -3,46 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import pytest
 
-from tests.support import REPO
-
-sys.path.insert(0, str(REPO / "infra_cdktf"))
-os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
-os.environ.setdefault("CHECKPOINT_DISABLE", "1")
-
-import cdktn
-
 from mlops_infra.charts import CHARTS
 from mlops_infra.config import ENVIRONMENTS, SERVICE_ACCOUNTS
 from mlops_infra.outputs import CONTRACT
-from mlops_infra.stacks import build
-
-
-@pytest.fixture(scope="module")
-def synthesized() -> dict[str, dict]:
-    """Each stack in a throwaway app (Testing.synth_scope cannot take a Python callback through jsii)."""
-    out = {}
-    for stack_id, env in ENVIRONMENTS.items():
-        stack = build(cdktn.Testing.app(), env)
-        out[stack_id] = json.loads(cdktn.Testing.synth(stack))
-    return out
-
-
-def resources(doc: dict, kind: str) -> dict[str, dict]:
-    return doc.get("resource", {}).get(kind, {})
+from tests.infra.conftest import releases, resources
+from tests.support import REPO
 
 
 def only(doc: dict, kind: str) -> dict:
     [value] = resources(doc, kind).values()
     return value
-
-
-def releases(doc: dict) -> dict[str, dict]:
-    return {r["name"]: r for r in resources(doc, "helm_release").values()}
 
 
 def test_six_stacks_with_one_output_contract(synthesized):
@@ -175,9 +149,11 @@ def test_platform_releases_pinned_in_one_place(synthesized, stack_id):
     for release in installed.values():
         chart = by_chart[(release["repository"], release["chart"])]
         assert release["version"] == chart.version and release["namespace"] == chart.namespace
-    required = {"cert-manager", "envoy-gateway", "kserve-crd", "kserve", "argo-workflows", "argo-cd", "kube-prometheus-stack",
-                "kyverno", "kyverno-policies", "external-secrets", "gpu-operator", "dagster", "mlflow", "platform-manifests"}
+    required = {"cert-manager", "envoy-gateway", "kserve-crd", "kserve", "kube-prometheus-stack", "kyverno",
+                "kyverno-policies", "external-secrets", "gpu-operator", "dagster", "mlflow", "platform-manifests",
+                "platform-gateway", "platform-monitoring"}
     assert required <= set(installed)
+    assert not {"argo-workflows", "argo-cd"} & set(installed), "nothing uses Argo: it is not installed"
     assert ("karpenter" in installed) is stack_id.startswith("aws")
     assert ("keda" in installed) is stack_id.startswith("azure")
     kserve = json.loads(installed["kserve"]["values"][0])["kserve"]["controller"]

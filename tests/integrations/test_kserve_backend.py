@@ -14,11 +14,12 @@ from mlops_platform.core.canary import Outcome
 from mlops_platform.integrations.serving.kserve import DeploymentMode, KServeServing
 from tests import upstream
 from tests.integrations.fake_servers import FakeKubernetes, FakePrometheus
+from tests.support import REPO
 from tests.upstream.kserve_webhook import canary_errors
 
 STANDARD, SERVERLESS = DeploymentMode.STANDARD, DeploymentMode.SERVERLESS
 
-SCHEMA = upstream.crd_validator("kserve-v0.20.0-serving.kserve.io_inferenceservices.yaml.gz", "v1beta1")
+SCHEMA = upstream.crd_validator("kserve-v0.20.0-serving.kserve.io_inferenceservices.yaml.gz", "v1beta1", "InferenceService")
 NAME, NS = "breast-cancer", "models"
 
 
@@ -254,3 +255,54 @@ def test_release_lock_is_a_kubernetes_lease_one_holder_at_a_time(cluster):
     first.acquire("run-a", ttl_s=5, wait_s=0)
     [lease] = api.leases.values()
     assert lease["spec"]["holderIdentity"] == "run-a" and lease["metadata"]["name"] == f"mlops-release-{NAME}"
+
+
+def rbac_verb(method: str, path: str) -> tuple[str, str, str, str]:
+    """(verb, API group, resource, namespace) of one Kubernetes API call, as the API server authorizes it."""
+    from urllib.parse import parse_qs, urlparse
+
+    url = urlparse(path)
+    parts = url.path.strip("/").split("/")
+    group = "" if parts[0] == "api" else parts[1]
+    rest = parts[2:] if parts[0] == "api" else parts[3:]
+    namespace = rest[1] if rest[:1] == ["namespaces"] else ""
+    resource_and_name = rest[2:] if namespace else rest
+    named = len(resource_and_name) > 1
+    if method == "GET":
+        verb = "watch" if parse_qs(url.query).get("watch") == ["true"] else "get" if named else "list"
+    else:
+        verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[method]
+    return verb, group, resource_and_name[0], namespace
+
+
+def allowed(call: tuple[str, str, str, str], roles: list[dict]) -> bool:
+    verb, group, resource, namespace = call
+    return any(role["metadata"]["namespace"] == namespace and any(
+        group in rule["apiGroups"] and resource in rule["resources"] and verb in rule["verbs"] for rule in role["rules"])
+        for role in roles)
+
+
+def test_every_call_the_cluster_backend_makes_is_allowed_by_the_rbac_we_create(cluster):
+    """The whole release cycle against the API stand-in, then each recorded call matched against the Role that
+    deploy/rbac binds to Dagster's service account: a call it does not allow would be a 403 in the cluster."""
+    import yaml
+
+    api, make = cluster
+    serving = make(STANDARD)
+    serving.deploy(NAME, "3")
+    lock = serving.release_lock(NAME)
+    lock.acquire("run-a", ttl_s=30)
+    serving.set_routing(NAME, "3", "4", 10)
+    serving.canary_state(NAME)
+    lock.renew("run-a", ttl_s=30)
+    serving.deploy(NAME, "4")
+    lock.release("run-a")
+
+    documents = list(yaml.safe_load_all((REPO / "deploy" / "rbac" / "dagster-models.yaml").read_text()))
+    roles = [d for d in documents if d["kind"] == "Role"]
+    [binding] = [d for d in documents if d["kind"] == "RoleBinding"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "dagster", "namespace": "dagster"}]
+    calls = {rbac_verb(r["method"], r["path"]) for r in api.requests}
+    assert {c[2] for c in calls} == {"inferenceservices", "leases"}
+    assert [c for c in calls if not allowed(c, roles)] == []
+    assert not allowed(("delete", "serving.kserve.io", "inferenceservices", NS), roles), "no more than it needs"

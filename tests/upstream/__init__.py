@@ -16,18 +16,36 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 
+KSERVE = "https://github.com/kserve/kserve/blob/v0.20.0/charts"  # tag v0.20.0, commit 1fb781055dd1
+ENVOY_GATEWAY = "https://github.com/envoyproxy/gateway/blob/v1.9.0/charts/gateway-helm"  # commit 39763b1c07ec
+KUBE_PROMETHEUS_STACK = ("https://github.com/prometheus-community/helm-charts/blob/kube-prometheus-stack-88.5.3/charts/"
+                         "kube-prometheus-stack")  # commit ea930baeebeb
+MLFLOW_CHART = "https://github.com/community-charts/helm-charts/blob/mlflow-1.11.5/charts/mlflow"  # commit 9d23d003453a
+
 SOURCES = {
     "kserve-v0.20.0-serving.kserve.io_inferenceservices.yaml.gz":
-        "https://github.com/kserve/kserve/blob/v0.20.0/charts/kserve-crd/templates/serving.kserve.io_inferenceservices.yaml"
-        " (tag v0.20.0, commit 1fb781055dd1567164358233e1125142ca6ef1fe)",
+        f"{KSERVE}/kserve-crd/templates/serving.kserve.io_inferenceservices.yaml",
+    "kserve-resources-v0.20.0-values.yaml.gz": f"{KSERVE}/kserve-resources/values.yaml",
+    "kserve-resources-v0.20.0-Chart.yaml.gz": f"{KSERVE}/kserve-resources/Chart.yaml",
+    "envoy-gateway-v1.9.0-gatewayapi-crds.yaml.gz": f"{ENVOY_GATEWAY}/charts/crds/crds/gatewayapi-crds.yaml",
+    "envoy-gateway-v1.9.0-gateway.envoyproxy.io_envoyproxies.yaml.gz":
+        f"{ENVOY_GATEWAY}/charts/crds/crds/generated/gateway.envoyproxy.io_envoyproxies.yaml",
+    **{f"kube-prometheus-stack-88.5.3-crd-{kind}.yaml.gz": f"{KUBE_PROMETHEUS_STACK}/charts/crds/crds/crd-{kind}.yaml"
+       for kind in ("podmonitors", "servicemonitors", "prometheusrules")},
+    "kube-prometheus-stack-88.5.3-values.yaml.gz": f"{KUBE_PROMETHEUS_STACK}/values.yaml",
+    "kube-prometheus-stack-88.5.3-Chart.yaml.gz": f"{KUBE_PROMETHEUS_STACK}/Chart.yaml",
+    "mlflow-chart-1.11.5-values.yaml.gz": f"{MLFLOW_CHART}/values.yaml",
+    "mlflow-chart-1.11.5-values.schema.json.gz": f"{MLFLOW_CHART}/values.schema.json",
+    "mlflow-chart-1.11.5-Chart.yaml.gz": f"{MLFLOW_CHART}/Chart.yaml",
 }
 
 
-def read(name: str) -> Any:
+def read(name: str) -> list[Any]:
+    """Every YAML (or JSON) document in the file."""
     if name not in SOURCES:
         raise KeyError(f"{name} is not a recorded upstream file; add it to SOURCES with its URL and version")
     with gzip.open(HERE / name, "rt") as fh:
-        return yaml.safe_load(fh)
+        return [doc for doc in yaml.safe_load_all(fh) if doc is not None]
 
 
 def strict(schema: Any) -> Any:
@@ -44,16 +62,56 @@ def strict(schema: Any) -> Any:
 
 
 @cache
-def crd_schema(name: str, version: str) -> dict:
-    """The strict JSON schema of one served version of a CustomResourceDefinition."""
-    crd = read(name)
+def crd_schema(name: str, version: str, kind: str | None = None) -> dict:
+    """The strict JSON schema of one served version of a CustomResourceDefinition (of `kind`, where the file holds
+    several)."""
+    [crd] = [d for d in read(name) if d.get("kind") == "CustomResourceDefinition"
+             and (kind is None or d["spec"]["names"]["kind"] == kind)]
     [served] = [v for v in crd["spec"]["versions"] if v["name"] == version]
     return strict(served["schema"]["openAPIV3Schema"])
 
 
 @cache
-def crd_validator(name: str, version: str):
+def crd_validator(name: str, version: str, kind: str | None = None):
     """A validator for `crd_schema`, built once: checking a CRD's schema itself takes seconds."""
     import jsonschema
 
-    return jsonschema.Draft202012Validator(crd_schema(name, version))
+    return jsonschema.Draft202012Validator(crd_schema(name, version, kind))
+
+
+# apiVersion and kind → (file, version) of the CRD the pinned chart installs.
+CRDS = {
+    ("serving.kserve.io/v1beta1", "InferenceService"): "kserve-v0.20.0-serving.kserve.io_inferenceservices.yaml.gz",
+    **{("gateway.networking.k8s.io/v1", kind): "envoy-gateway-v1.9.0-gatewayapi-crds.yaml.gz"
+       for kind in ("GatewayClass", "Gateway", "HTTPRoute")},
+    ("gateway.envoyproxy.io/v1alpha1", "EnvoyProxy"): "envoy-gateway-v1.9.0-gateway.envoyproxy.io_envoyproxies.yaml.gz",
+    ("monitoring.coreos.com/v1", "PodMonitor"): "kube-prometheus-stack-88.5.3-crd-podmonitors.yaml.gz",
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "kube-prometheus-stack-88.5.3-crd-servicemonitors.yaml.gz",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "kube-prometheus-stack-88.5.3-crd-prometheusrules.yaml.gz",
+}
+
+
+# Release key in infra_cdktf's CHARTS → the prefix of its chart's upstream files here (`-Chart.yaml.gz`, `-values...`).
+CHART_FILES = {"kserve": "kserve-resources-v0.20.0", "mlflow": "mlflow-chart-1.11.5",
+               "kube-prometheus-stack": "kube-prometheus-stack-88.5.3"}
+
+
+def validate_custom_resource(obj: dict) -> None:
+    """Validate one object against its upstream CRD (jsonschema.ValidationError where the API server would refuse)."""
+    key = (obj["apiVersion"], obj["kind"])
+    if key not in CRDS:
+        raise KeyError(f"no upstream CRD recorded for {key}")
+    crd_validator(CRDS[key], obj["apiVersion"].rsplit("/", 1)[1], obj["kind"]).validate(obj)
+
+
+def chart_values_problems(defaults: dict, values: dict, path: str = "") -> list[str]:
+    """Keys we set that the chart's own values.yaml does not have: Helm drops those silently. An empty map in the
+    chart's defaults (e.g. `podAnnotations: {}`) takes any keys; so does anything below a list or a scalar."""
+    problems = []
+    for key, value in values.items():
+        here = f"{path}.{key}" if path else key
+        if key not in defaults:
+            problems.append(f"{here} is not a key of the chart")
+        elif isinstance(value, dict) and isinstance(defaults[key], dict) and defaults[key]:
+            problems += chart_values_problems(defaults[key], value, here)
+    return problems

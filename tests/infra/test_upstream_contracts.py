@@ -1,0 +1,142 @@
+"""What the platform deploys, checked against the upstream truth of the versions it pins (tests/upstream/), not
+against our own beliefs: CRD schemas with strict field validation, the charts' own values and names, the services
+the output contract points at, the RBAC the runs need, pod sizes against the node pools, and the alert rules."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from mlops_infra.charts import CHARTS
+from mlops_infra.platform import MLFLOW_IN_CLUSTER, PROMETHEUS_IN_CLUSTER, SERVING_GATEWAY_IN_CLUSTER
+from tests import upstream
+from tests.infra.conftest import releases, values
+from tests.support import REPO
+
+DEPLOY = REPO / "deploy"
+
+
+def deploy_objects() -> list[dict]:
+    return [doc for path in sorted(DEPLOY.rglob("*.yaml")) if "dagster" not in path.parts and "test" not in path.name
+            for doc in yaml.safe_load_all(path.read_text()) if doc and "kind" in doc]
+
+
+def test_every_kubernetes_object_in_deploy_is_valid_against_its_upstream_schema():
+    """Custom resources against the CRDs the pinned charts install; built-in kinds against Kubernetes 1.33's own
+    schema. Strict: a misspelt field is an error here, where the API server would drop it without a word."""
+    objects = deploy_objects()
+    kinds = {(o["apiVersion"], o["kind"]) for o in objects}
+    assert {("gateway.networking.k8s.io/v1", "Gateway"), ("monitoring.coreos.com/v1", "PodMonitor"),
+            ("monitoring.coreos.com/v1", "PrometheusRule"), ("rbac.authorization.k8s.io/v1", "Role")} <= kinds
+    for obj in objects:
+        if (obj["apiVersion"], obj["kind"]) in upstream.CRDS:
+            upstream.validate_custom_resource(obj)
+        else:
+            kubernetes_validate.validate(obj, "1.33", strict=True)
+
+
+def test_the_strict_schemas_refuse_a_misspelt_field():
+    [gateway] = [o for o in deploy_objects() if o["kind"] == "Gateway"]
+    gateway["spec"]["listeners"][0]["allowedRoute"] = gateway["spec"]["listeners"][0].pop("allowedRoutes")
+    with pytest.raises(jsonschema.ValidationError, match="allowedRoute"):
+        upstream.validate_custom_resource(gateway)
+
+
+def test_charts_are_pinned_under_their_upstream_names():
+    """The chart name at the pinned version, e.g. KServe's controller chart is `kserve-resources` since 0.17."""
+    for key, prefix in upstream.CHART_FILES.items():
+        [chart] = upstream.read(f"{prefix}-Chart.yaml.gz")
+        assert (CHARTS[key].chart, CHARTS[key].version) == (chart["name"], chart["version"]), key
+        assert CHARTS[key].source, f"{key}: say where the pinned version is shown to exist"
+
+
+@pytest.mark.parametrize("key", sorted(upstream.CHART_FILES))
+def test_every_value_we_set_is_a_key_of_the_pinned_chart(synthesized, key):
+    """Helm drops an unknown key without a word (a `dagsterInstance.concurrency` that is not a chart key is simply
+    never applied): each key we set must be in the chart's own values.yaml, and its schema where it has one."""
+    [defaults] = upstream.read(f"{upstream.CHART_FILES[key]}-values.yaml.gz")
+    for stack_id, doc in synthesized.items():
+        ours = values(releases(doc)[key])
+        assert upstream.chart_values_problems(defaults, ours) == [], stack_id
+        if key == "mlflow":
+            [schema] = upstream.read("mlflow-chart-1.11.5-values.schema.json.gz")
+            jsonschema.validate(_merge(defaults, ours), schema)
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for k, v in override.items():
+        merged[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return merged
+
+
+def test_the_output_contract_points_at_the_services_the_charts_create(synthesized):
+    """MLflow's service is the release name on the chart's service port; Prometheus's is kube-prometheus-stack's
+    `<release>-prometheus` on its port; the gateway's is the name the EnvoyProxy fixes."""
+    [mlflow_defaults] = upstream.read("mlflow-chart-1.11.5-values.yaml.gz")
+    assert f"http://mlflow.{CHARTS['mlflow'].namespace}.svc.cluster.local:{mlflow_defaults['service']['port']}" == MLFLOW_IN_CLUSTER
+    [prometheus_defaults] = upstream.read("kube-prometheus-stack-88.5.3-values.yaml.gz")
+    port = prometheus_defaults["prometheus"]["service"]["port"]
+    namespace = CHARTS["kube-prometheus-stack"].namespace
+    assert f"http://kube-prometheus-stack-prometheus.{namespace}.svc.cluster.local:{port}" == PROMETHEUS_IN_CLUSTER
+    [proxy] = [o for o in deploy_objects() if o["kind"] == "EnvoyProxy"]
+    service = proxy["spec"]["provider"]["kubernetes"]["envoyService"]["name"]
+    assert f"http://{service}.{proxy['metadata']['namespace']}.svc.cluster.local" == SERVING_GATEWAY_IN_CLUSTER
+    for doc in synthesized.values():
+        installed = releases(doc)
+        assert {"mlflow", "kube-prometheus-stack"} <= set(installed)
+        assert installed["mlflow"]["namespace"] == "mlflow"
+        kserve = values(installed["kserve"])["kserve"]["controller"]["gateway"]["ingressGateway"]
+        [gateway] = [o for o in deploy_objects() if o["kind"] == "Gateway"]
+        assert kserve["kserveGateway"] == f"{gateway['metadata']['namespace']}/{gateway['metadata']['name']}"
+        assert kserve["className"] == gateway["spec"]["gatewayClassName"] and kserve["createGateway"] is False
+
+
+def test_the_uis_without_a_login_are_never_exposed(synthesized):
+    """Dagster's and MLflow's UIs have no login: port-forward only. No Service of type LoadBalancer or NodePort,
+    no Ingress or route for them, anywhere in what we deploy."""
+    def walk(node):
+        if isinstance(node, dict):
+            yield node
+            for v in node.values():
+                yield from walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from walk(v)
+
+    for stack_id, doc in synthesized.items():
+        for release in releases(doc).values():
+            try:
+                tree = values(release)
+            except (ValueError, TypeError):
+                continue  # values built from Terraform expressions: checked where they are made
+            for node in walk(tree):
+                assert node.get("type") not in ("LoadBalancer", "NodePort"), (stack_id, release["name"], node)
+                if "ingress" in node and isinstance(node["ingress"], dict):
+                    assert not node["ingress"].get("enabled"), (stack_id, release["name"])
+    assert not [o for o in deploy_objects() if o["kind"] in ("Ingress", "HTTPRoute")]
+
+
+def promtool() -> str:
+    found = shutil.which("promtool")
+    assert found, "promtool is missing: `make infra-tools` installs Debian's prometheus package (CI never skips this)"
+    return found
+
+
+def test_alert_rules_pass_their_promtool_unit_tests(tmp_path):
+    """deploy/monitoring/rules.yaml is a PrometheusRule; promtool reads its groups as a rule file."""
+    [rule] = yaml.safe_load_all((DEPLOY / "monitoring" / "rules.yaml").read_text())
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rule["spec"]))
+    shutil.copy(DEPLOY / "monitoring" / "rules.test.yaml", tmp_path)
+    check = subprocess.run([promtool(), "check", "rules", "rules.yaml"], cwd=tmp_path, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    tested = subprocess.run([promtool(), "test", "rules", "rules.test.yaml"], cwd=tmp_path, capture_output=True, text=True)
+    assert tested.returncode == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr
+    names = {r.get("alert") for g in rule["spec"]["groups"] for r in g["rules"]} - {None}
+    cases = (DEPLOY / "monitoring" / "rules.test.yaml").read_text()
+    assert [n for n in names if f"alertname: {n}" not in cases] == [], "every alert has a promtool case"
