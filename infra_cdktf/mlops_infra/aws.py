@@ -14,6 +14,7 @@ from cdktn_provider_aws.db_subnet_group import DbSubnetGroup
 from cdktn_provider_aws.default_security_group import DefaultSecurityGroup
 from cdktn_provider_aws.ecr_repository import EcrRepository
 from cdktn_provider_aws.eip import Eip
+from cdktn_provider_aws.eks_addon import EksAddon
 from cdktn_provider_aws.eks_cluster import EksCluster
 from cdktn_provider_aws.eks_node_group import EksNodeGroup
 from cdktn_provider_aws.flow_log import FlowLog
@@ -135,7 +136,8 @@ class AwsEnvironment(TerraformStack):
                                         client_id_list=["sts.amazonaws.com"])
         issuer = Fn.replace(cluster.identity.get(0).oidc.get(0).issuer, "https://", "")
 
-        def irsa(component: str, namespace: str, account_name: str, statements: list[dict]) -> IamRole:
+        def irsa(component: str, namespace: str, account_name: str, statements: list[dict],
+                 managed_policies: tuple[str, ...] = ()) -> IamRole:
             """An IAM role only that Kubernetes service account can assume, through the cluster's OIDC issuer."""
             # A policy document, not jsonencode: the condition keys are built from the issuer, which Terraform
             # only knows at apply time, and map keys cannot be expressions.
@@ -147,8 +149,12 @@ class AwsEnvironment(TerraformStack):
                      "values": [f"system:serviceaccount:{namespace}:{account_name}"]},
                     {"test": "StringEquals", "variable": f"{issuer}:aud", "values": ["sts.amazonaws.com"]}]}])
             role = IamRole(self, f"irsa-{component}", name=f"{n}-{component}", assume_role_policy=trust.json)
-            IamRolePolicy(self, f"irsa-{component}-policy", role=role.id,
-                          policy=Fn.jsonencode({"Version": "2012-10-17", "Statement": statements}))
+            if statements:
+                IamRolePolicy(self, f"irsa-{component}-policy", role=role.id,
+                              policy=Fn.jsonencode({"Version": "2012-10-17", "Statement": statements}))
+            for policy in managed_policies:
+                IamRolePolicyAttachment(self, f"irsa-{component}-{policy}", role=role.name,
+                                        policy_arn=f"arn:aws:iam::aws:policy/service-role/{policy}")
             return role
 
         # ---- storage: one encrypted, versioned, private bucket for Dagster IO, MLflow artifacts, landing, quarantine
@@ -240,13 +246,20 @@ class AwsEnvironment(TerraformStack):
             object_root=f"s3://{bucket.bucket}",
             sdk_env={"AWS_REGION": env.region},
             registry=registry,
-            extra_manifests=karpenter_pools(env, node_role.name),
         ))
         platform.release("karpenter", {
             "settings": {"clusterName": n, "clusterEndpoint": cluster.endpoint},
             "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": karpenter_role.arn}},
             "controller": {"resources": {"requests": {"cpu": "250m", "memory": "512Mi"}}},
         })
+        # The NodePools once Karpenter's chart (and with it its CRDs) is in: applied before, they would be refused.
+        platform.release("karpenter-pools", {"resources": karpenter_pools(env, node_role.name)}, chart="raw",
+                         name="karpenter-node-pools", after=["karpenter"])
+        # EKS has no CSI driver for EBS until this add-on: Prometheus's volume (and any PVC) would stay Pending.
+        ebs_role = irsa("ebs-csi", "kube-system", "ebs-csi-controller-sa", [],
+                        managed_policies=("AmazonEBSCSIDriverPolicy",))
+        EksAddon(self, "ebs-csi", cluster_name=cluster.name, addon_name="aws-ebs-csi-driver",
+                 service_account_role_arn=ebs_role.arn, resolve_conflicts_on_create="OVERWRITE")
         platform.releases["external-secrets"].values = [json.dumps({
             "installCRDs": True, "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": secrets_role.arn}}})]
 

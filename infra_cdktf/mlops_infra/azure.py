@@ -18,6 +18,7 @@ from cdktn_provider_azurerm.network_security_group import NetworkSecurityGroup
 from cdktn_provider_azurerm.network_watcher import NetworkWatcher
 from cdktn_provider_azurerm.network_watcher_flow_log import NetworkWatcherFlowLog
 from cdktn_provider_azurerm.postgresql_flexible_server import PostgresqlFlexibleServer
+from cdktn_provider_azurerm.postgresql_flexible_server_database import PostgresqlFlexibleServerDatabase
 from cdktn_provider_azurerm.private_dns_zone import PrivateDnsZone
 from cdktn_provider_azurerm.private_dns_zone_virtual_network_link import PrivateDnsZoneVirtualNetworkLink
 from cdktn_provider_azurerm.provider import AzurermProvider
@@ -109,6 +110,14 @@ class AzureEnvironment(TerraformStack):
             key_vault_secrets_provider={"secret_rotation_enabled": True},
             automatic_upgrade_channel="patch", **common,
         )
+        # The system pool takes only critical add-ons (CriticalAddonsOnly taint) and the other two are spot-tainted:
+        # the platform's own pods (Dagster, MLflow, KServe, Prometheus, the model servers) need this on-demand pool.
+        KubernetesClusterNodePool(
+            self, "pool-platform", name="platform", kubernetes_cluster_id=cluster.id, vm_size=env.system_pool.machine_type,
+            vnet_subnet_id=nodes.id, mode="User", auto_scaling_enabled=True, min_count=env.system_pool.min_size,
+            max_count=env.system_pool.max_size, host_encryption_enabled=True, max_pods=50, zones=list(env.zones),
+            os_disk_type="Ephemeral", node_labels={"mlops/pool": "platform"}, upgrade_settings={"max_surge": "33%"},
+            tags=env.labels)
         for name, pool in (("training", env.training_pool), ("gpu", env.gpu_pool)):
             KubernetesClusterNodePool(
                 self, f"pool-{name}", name=name, kubernetes_cluster_id=cluster.id, vm_size=pool.machine_type,
@@ -148,6 +157,9 @@ class AzureEnvironment(TerraformStack):
             zone="1", high_availability={"mode": "ZoneRedundant", "standby_availability_zone": "2"}
             if env.database_high_availability else None,
             depends_on=[link], **common)
+        # The Dagster chart expects its database to exist (the MLflow one is made by a Job in the cluster).
+        PostgresqlFlexibleServerDatabase(self, "dagster-db", name="dagster", server_id=db.id, charset="UTF8",
+                                         collation="en_US.utf8")
 
         registry = ContainerRegistry(self, "acr", name=f"mlops{env.stage}{suffix}", sku="Premium", admin_enabled=False,
                                      public_network_access_enabled=not env.private_api_endpoint,
@@ -155,6 +167,11 @@ class AzureEnvironment(TerraformStack):
                                      zone_redundancy_enabled=env.stage == "prod", **common)
         RoleAssignment(self, "aks-pull", scope=registry.id, role_definition_name="AcrPull",
                        principal_id=cluster.kubelet_identity.object_id)
+        # Azure RBAC for Kubernetes with local accounts off: the deployer (Terraform's Helm and Kubernetes providers,
+        # through kubelogin) is authorized by this role or by nothing.
+        cluster_admin = RoleAssignment(self, "aks-deployer", scope=cluster.id,
+                                       role_definition_name="Azure Kubernetes Service RBAC Cluster Admin",
+                                       principal_id=client.object_id)
 
         # ---- secrets: Key Vault with RBAC, purge protection in prod; External Secrets reads it by workload identity
         vault = KeyVault(self, "vault", name=f"{n}-kv-{suffix}", tenant_id=client.tenant_id, sku_name="standard",
@@ -162,8 +179,11 @@ class AzureEnvironment(TerraformStack):
                          soft_delete_retention_days=90, public_network_access_enabled=not env.private_api_endpoint,
                          network_acls={"default_action": "Deny", "bypass": "AzureServices",
                                        "virtual_network_subnet_ids": [nodes.id]}, **common)
+        # With RBAC authorization nobody may write a secret until given a role, the deployer included.
+        deployer_secrets = RoleAssignment(self, "vault-deployer", scope=vault.id,
+                                          role_definition_name="Key Vault Secrets Officer", principal_id=client.object_id)
         KeyVaultSecret(self, "db-password-secret", name=f"{n}-db-password", value=password.result, key_vault_id=vault.id,
-                       content_type="password", expiration_date="2099-12-31T00:00:00Z")
+                       content_type="password", expiration_date="2099-12-31T00:00:00Z", depends_on=[deployer_secrets])
 
         def identity(component: str, namespace: str, account: str) -> UserAssignedIdentity:
             """A managed identity federated with exactly one Kubernetes service account: no secrets anywhere."""
@@ -198,9 +218,12 @@ class AzureEnvironment(TerraformStack):
             # account serves and which the emulated run (`make e2e-azure`, on Azurite) can test.
             mlflow_artifact_root=f"wasbs://{container.name}@{storage.name}.blob.core.windows.net/mlflow",
             registry=registry.login_server,
+            # AKS taints every spot pool itself: the GPU operator's DaemonSets must tolerate that on the GPU pool.
+            gpu_tolerations=[{"key": "kubernetes.azure.com/scalesetpriority", "operator": "Equal", "value": "spot",
+                              "effect": "NoSchedule"}],
+            depends_on=[cluster_admin],
         ))
-        # AKS runs KEDA's operator itself (workload_autoscaler_profile); the chart adds its metrics adapter config.
-        platform.release("keda", {"podIdentity": {"azureWorkload": {"enabled": True}}, "operator": {"replicaCount": 1}})
+        # KEDA is AKS's own add-on here (workload_autoscaler_profile): its chart would install a second operator.
         platform.releases["external-secrets"].values = [Fn.jsonencode({
             "installCRDs": True,
             "serviceAccount": {"annotations": {"azure.workload.identity/client-id": secrets_id.client_id},

@@ -37,7 +37,6 @@ CHARTS: dict[str, Chart] = {
     "gpu-operator": Chart("https://helm.ngc.nvidia.com/nvidia", "gpu-operator", "v25.3.0", "gpu-operator"),
     "karpenter": Chart("oci://public.ecr.aws/karpenter", "karpenter", "1.14.1", "karpenter",
                        f"{GH}/aws/karpenter-provider-aws/releases/tag/v1.14.1"),
-    "keda": Chart("https://kedacore.github.io/charts", "keda", "2.17.1", "keda"),
     "dagster": Chart("https://dagster-io.github.io/helm", "dagster", "1.13.27", "dagster"),
     # Service on port 80 (the output contract's MLFLOW_IN_CLUSTER), `existingDatabaseSecret.usernameKey`.
     "mlflow": Chart("https://community-charts.github.io/helm-charts", "mlflow", "1.11.5", "mlflow",

@@ -14,7 +14,10 @@ from cdktn_provider_google.compute_subnetwork import ComputeSubnetwork
 from cdktn_provider_google.container_cluster import ContainerCluster
 from cdktn_provider_google.container_node_pool import ContainerNodePool
 from cdktn_provider_google.data_google_client_config import DataGoogleClientConfig
+from cdktn_provider_google.data_google_project import DataGoogleProject
+from cdktn_provider_google.data_google_storage_project_service_account import DataGoogleStorageProjectServiceAccount
 from cdktn_provider_google.kms_crypto_key import KmsCryptoKey
+from cdktn_provider_google.kms_crypto_key_iam_member import KmsCryptoKeyIamMember
 from cdktn_provider_google.kms_key_ring import KmsKeyRing
 from cdktn_provider_google.provider import GoogleProvider
 from cdktn_provider_google.secret_manager_secret import SecretManagerSecret
@@ -42,6 +45,9 @@ class GcpEnvironment(TerraformStack):
         super().__init__(scope, env.stack_id)
         n = env.name
         project = TerraformVariable(self, "project_id", type="string", description="GCP project to deploy into").string_value
+        deployer_cidr = None if env.private_api_endpoint else TerraformVariable(
+            self, "deployer_cidr", type="string",
+            description="the deployer's public address as a CIDR (e.g. 203.0.113.7/32): may reach the cluster API").string_value
         GoogleProvider(self, "google", project=project, region=env.region, default_labels=env.labels)
         RandomProvider(self, "random")
         client = DataGoogleClientConfig(self, "client")
@@ -49,6 +55,17 @@ class GcpEnvironment(TerraformStack):
         ring = KmsKeyRing(self, "keyring", name=f"{n}-keys", location=env.region)
         key = KmsCryptoKey(self, "key", name=f"{n}-data", key_ring=ring.id, rotation_period="7776000s",
                            lifecycle={"prevent_destroy": True})  # destroying the key would destroy the data
+        # Each service that encrypts with the key does so as its service agent, which needs the key's role first.
+        number = DataGoogleProject(self, "project").number
+        agents = {
+            "storage": f"serviceAccount:{DataGoogleStorageProjectServiceAccount(self, 'gcs-agent').email_address}",
+            "sql": f"serviceAccount:service-{number}@gcp-sa-cloud-sql.iam.gserviceaccount.com",
+            "registry": f"serviceAccount:service-{number}@gcp-sa-artifactregistry.iam.gserviceaccount.com",
+            "gke": f"serviceAccount:service-{number}@container-engine-robot.iam.gserviceaccount.com",
+        }
+        grants = {agent: KmsCryptoKeyIamMember(self, f"cmek-{agent}", crypto_key_id=key.id,
+                                               role="roles/cloudkms.cryptoKeyEncrypterDecrypter", member=member)
+                  for agent, member in agents.items()}
 
         # ---- network: no default subnets, private Google access, flow logs, Cloud NAT for egress
         network = ComputeNetwork(self, "vpc", name=n, auto_create_subnetworks=False)
@@ -82,7 +99,12 @@ class GcpEnvironment(TerraformStack):
             ip_allocation_policy={"cluster_secondary_range_name": "pods", "services_secondary_range_name": "services"},
             private_cluster_config={"enable_private_nodes": True, "enable_private_endpoint": env.private_api_endpoint,
                                     "master_ipv4_cidr_block": "172.16.0.0/28"},
-            master_authorized_networks_config={"cidr_blocks": [{"cidrBlock": env.network_cidr, "displayName": "vpc"}]},
+            # The VPC, and in dev (public endpoint) the deployer's own address: Terraform's Helm and Kubernetes
+            # providers must reach the API. Prod's endpoint is private: deploy from inside the VPC.
+            master_authorized_networks_config={"cidr_blocks": [
+                {"cidrBlock": env.network_cidr, "displayName": "vpc"},
+                *([] if env.private_api_endpoint else [{"cidrBlock": deployer_cidr, "displayName": "deployer"}])]},
+            depends_on=[grants["gke"]],
             workload_identity_config={"workload_pool": f"{project}.svc.id.goog"},
             database_encryption={"state": "ENCRYPTED", "key_name": key.id},
             gateway_api_config={"channel": "CHANNEL_STANDARD"},
@@ -120,7 +142,7 @@ class GcpEnvironment(TerraformStack):
         bucket = StorageBucket(self, "bucket", name=f"{n}-{project}-data", location=env.region,
                                uniform_bucket_level_access=True, public_access_prevention="enforced",
                                versioning={"enabled": True}, encryption={"default_kms_key_name": key.id},
-                               force_destroy=not env.deletion_protection,
+                               force_destroy=not env.deletion_protection, depends_on=[grants["storage"]],
                                soft_delete_policy={"retention_duration_seconds": env.backup_retention_days * 86400},
                                lifecycle_rule=[{"action": {"type": "Delete"},
                                                 "condition": {"daysSinceNoncurrentTime": env.backup_retention_days}}])
@@ -133,7 +155,8 @@ class GcpEnvironment(TerraformStack):
                                                    reserved_peering_ranges=[peering.name])
         db = SqlDatabaseInstance(
             self, "postgres", name=f"{n}-pg", database_version="POSTGRES_18", region=env.region,
-            deletion_protection=env.deletion_protection, encryption_key_name=key.id, depends_on=[private_link],
+            deletion_protection=env.deletion_protection, encryption_key_name=key.id,
+            depends_on=[private_link, grants["sql"]],
             settings={
                 "tier": env.database_tier, "disk_size": env.database_storage_gb, "disk_autoresize": True,
                 "availability_type": "REGIONAL" if env.database_high_availability else "ZONAL",
@@ -159,7 +182,8 @@ class GcpEnvironment(TerraformStack):
         SecretManagerSecretVersion(self, "db-password-version", secret=secret.id, secret_data=password.result)
 
         ArtifactRegistryRepository(self, "registry", repository_id=n, format="DOCKER", location=env.region,
-                                              docker_config={"immutable_tags": True}, kms_key_name=key.id)
+                                              docker_config={"immutable_tags": True}, kms_key_name=key.id,
+                                              depends_on=[grants["registry"]])
         registry_url = f"{env.region}-docker.pkg.dev/{project}/{n}"
 
         def identity(component: str, namespace: str, account: str) -> ServiceAccount:

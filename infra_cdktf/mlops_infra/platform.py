@@ -58,6 +58,8 @@ class PlatformInputs:
     registry: str
     sdk_env: dict[str, str] = field(default_factory=dict)  # what the cloud's SDK needs beside workload identity
     mlflow_artifact_root: str | None = None  # where MLflow's own client reaches the bucket, if not `object_root`
+    gpu_tolerations: list[dict] = field(default_factory=list)  # taints the cloud puts on GPU nodes beside ours
+    depends_on: list = field(default_factory=list)  # what the deployer needs before it may talk to the cluster
     extra_manifests: list[dict] = field(default_factory=list)
 
 
@@ -76,7 +78,9 @@ class PlatformLayer(Construct):
         self.releases: dict[str, Release] = {}
 
         namespaces = {ns for ns, _ in SERVICE_ACCOUNTS.values()}
-        ns_objects = {ns: NamespaceV1(self, f"ns-{ns}", provider=kube, metadata=[NamespaceV1Metadata(name=ns, labels=env.labels)])
+        self.prerequisites = list(inputs.depends_on)
+        ns_objects = {ns: NamespaceV1(self, f"ns-{ns}", provider=kube, depends_on=self.prerequisites,
+                                      metadata=[NamespaceV1Metadata(name=ns, labels=env.labels)])
                       for ns in sorted(namespaces)}
         for component, (ns, name) in SERVICE_ACCOUNTS.items():
             ServiceAccountV1(self, f"sa-{component}", provider=kube, depends_on=[ns_objects[ns]], metadata=ServiceAccountV1Metadata(
@@ -111,14 +115,20 @@ class PlatformLayer(Construct):
                                                   *_deploy_manifests("monitoring/rules.yaml")]},
                      chart="raw", name="platform-monitoring", after=["kube-prometheus-stack"])
         self.release("kyverno", {"admissionController": {"replicas": 3 if env.stage == "prod" else 1}})
-        self.release("kyverno-policies", {"podSecurityStandard": "baseline",
-                                          "validationFailureAction": "Enforce" if env.stage == "prod" else "Audit"},
-                     after=["kyverno"])
+        self.release("kyverno-policies", {
+            "podSecurityStandard": "baseline",
+            "validationFailureAction": "Enforce" if env.stage == "prod" else "Audit",
+            # The GPU operator's DaemonSets and node-exporter need the host (privileged, host paths, namespaces and
+            # ports) by design: enforced, these policies would keep GPUs and node metrics from ever coming up.
+            "policyExclude": {policy: {"any": [{"resources": {"kinds": ["Pod"], "namespaces": list(HOST_NAMESPACES)}}]}
+                              for policy in HOST_POLICIES},
+        }, after=["kyverno"])
         self.release("external-secrets", {"installCRDs": True})
         self.release("gpu-operator", {
             "driver": {"enabled": env.cloud != "gcp"},  # GKE installs the driver on its GPU nodes itself
             "dcgmExporter": {"enabled": True, "serviceMonitor": {"enabled": True}},
-            "daemonsets": {"tolerations": [{"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}]},
+            "daemonsets": {"tolerations": [{"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"},
+                                           *inputs.gpu_tolerations]},
         }, after=["kube-prometheus-stack"])
 
         # One managed PostgreSQL server holds both databases; the instance creates `dagster`, this job `mlflow`.
@@ -192,12 +202,16 @@ class PlatformLayer(Construct):
             self, f"release-{key}", provider=self.helm,
             name=name or key, repository=chart.repository, chart=chart.chart, version=chart.version,
             namespace=chart.namespace, create_namespace=True, values=[_yaml(values)], timeout=900,
-            depends_on=[self.releases[a] for a in after],
+            depends_on=[self.releases[a] for a in after] or self.prerequisites,
         )
         self.releases[key] = release
         return release
 
 
+# Namespaces whose pods need the host, and the baseline Pod Security policies they are excluded from.
+HOST_NAMESPACES = ("gpu-operator", "monitoring")
+HOST_POLICIES = ("disallow-privileged-containers", "disallow-host-path", "disallow-host-namespaces",
+                 "disallow-host-ports", "disallow-capabilities")
 # Where everything the platform keeps lives in its one bucket; the profile reads each as MLOPS_<NAME>_URI.
 STORAGE_PREFIXES = ("landing", "quarantine", "capture", "io", "mlflow")
 MODELS_NAMESPACE, SERVING_ACCOUNT = SERVICE_ACCOUNTS["kserve"]

@@ -34,7 +34,7 @@ def test_kubernetes_is_1_33_or_newer(synthesized):
 
 @pytest.mark.parametrize("stage", ["dev", "prod"])
 def test_gpu_pools_are_spot_tainted_and_scale_to_zero(synthesized, stage):
-    manifests = json.loads(releases(synthesized[f"aws-{stage}"])["platform-manifests"]["values"][0])["resources"]
+    manifests = json.loads(releases(synthesized[f"aws-{stage}"])["karpenter-node-pools"]["values"][0])["resources"]
     gpu = next(m for m in manifests if m["kind"] == "NodePool" and m["metadata"]["name"] == "gpu")["spec"]["template"]
     assert {"key": "karpenter.sh/capacity-type", "operator": "In", "values": ["spot"]} in gpu["spec"]["requirements"]
     assert {"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"} in gpu["spec"]["taints"]
@@ -155,7 +155,7 @@ def test_platform_releases_pinned_in_one_place(synthesized, stack_id):
     assert required <= set(installed)
     assert not {"argo-workflows", "argo-cd"} & set(installed), "nothing uses Argo: it is not installed"
     assert ("karpenter" in installed) is stack_id.startswith("aws")
-    assert ("keda" in installed) is stack_id.startswith("azure")
+    assert "keda" not in installed, "KEDA is AKS's add-on on Azure, and unused elsewhere"
     kserve = json.loads(installed["kserve"]["values"][0])["kserve"]["controller"]
     assert kserve["deploymentMode"] == "Standard" and kserve["gateway"]["ingressGateway"]["enableGatewayApi"] is True
     dagster = json.loads(installed["dagster"]["values"][0]) if isinstance(installed["dagster"]["values"][0], str) else {}
@@ -203,3 +203,65 @@ def test_model_servers_are_reachable_only_from_the_gateway_prometheus_and_dagste
         assert allowed == {CHARTS["envoy-gateway"].namespace, CHARTS["kube-prometheus-stack"].namespace,
                            CHARTS["dagster"].namespace}
         assert rule["ports"] == [{"protocol": "TCP", "port": 8080}] and policy["spec"]["podSelector"] == {}
+
+
+def test_azure_platform_pods_can_schedule_and_the_deployer_is_authorized(synthesized):
+    """AKS: an untainted on-demand pool takes the platform's pods (the system pool takes only critical add-ons, the
+    others are spot-tainted), the deployer may write the vault's secret and administer the cluster, Dagster's
+    database exists, KEDA is the add-on's alone, and the GPU operator tolerates the spot taint on the GPU pool."""
+    for stack_id in ("azure-dev", "azure-prod"):
+        doc = synthesized[stack_id]
+        cluster = only(doc, "azurerm_kubernetes_cluster")
+        assert cluster["default_node_pool"]["only_critical_addons_enabled"] is True
+        untainted = [p for p in resources(doc, "azurerm_kubernetes_cluster_node_pool").values()
+                     if not p.get("node_taints") and p.get("priority", "Regular") == "Regular"]
+        assert [p["name"] for p in untainted] == ["platform"] and untainted[0]["min_count"] >= 1
+        roles = {r["role_definition_name"]: r for r in resources(doc, "azurerm_role_assignment").values()}
+        assert "data.azurerm_client_config.client" in roles["Key Vault Secrets Officer"]["principal_id"]
+        assert "data.azurerm_client_config.client" in roles["Azure Kubernetes Service RBAC Cluster Admin"]["principal_id"]
+        secret = only(doc, "azurerm_key_vault_secret")
+        assert any("vault-deployer" in d for d in secret["depends_on"])
+        assert [d["name"] for d in resources(doc, "azurerm_postgresql_flexible_server_database").values()] == ["dagster"]
+        installed = releases(doc)
+        assert "keda" not in installed
+        tolerations = json.loads(installed["gpu-operator"]["values"][0])["daemonsets"]["tolerations"]
+        assert {"key": "kubernetes.azure.com/scalesetpriority", "operator": "Equal", "value": "spot",
+                "effect": "NoSchedule"} in tolerations
+
+
+def test_gcp_cmek_agents_are_granted_and_the_dev_deployer_reaches_the_api(synthesized):
+    for stack_id in ("gcp-dev", "gcp-prod"):
+        doc = synthesized[stack_id]
+        grants = resources(doc, "google_kms_crypto_key_iam_member")
+        members = " ".join(g["member"] for g in grants.values())
+        for agent in ("gcp-sa-cloud-sql", "gcp-sa-artifactregistry", "container-engine-robot", "google_storage_project"):
+            assert agent in members, (stack_id, agent)
+        for kind in ("google_storage_bucket", "google_sql_database_instance", "google_artifact_registry_repository",
+                     "google_container_cluster"):
+            assert any("cmek" in d for d in only(doc, kind)["depends_on"]), (stack_id, kind)
+        networks = only(doc, "google_container_cluster")["master_authorized_networks_config"]["cidr_blocks"]
+        deployer = [n for n in networks if n["display_name"] == "deployer"]
+        assert bool(deployer) is stack_id.endswith("dev"), "dev's public endpoint lets the deployer in; prod's is private"
+
+
+def test_aws_node_pools_wait_for_karpenter_and_volumes_have_a_driver(synthesized):
+    for stack_id in ("aws-dev", "aws-prod"):
+        doc = synthesized[stack_id]
+        installed = releases(doc)
+        pools = installed["karpenter-node-pools"]
+        assert any("karpenter" in d and "pools" not in d for d in pools["depends_on"])
+        kinds = {r["kind"] for r in json.loads(pools["values"][0])["resources"]}
+        assert kinds == {"EC2NodeClass", "NodePool"}
+        platform = json.loads(installed["platform-manifests"]["values"][0])["resources"]
+        assert not [r for r in platform if r["kind"] in ("NodePool", "EC2NodeClass")]
+        addon = only(doc, "aws_eks_addon")
+        assert addon["addon_name"] == "aws-ebs-csi-driver" and "irsa-ebs-csi" in addon["service_account_role_arn"]
+
+
+def test_prod_pod_security_leaves_the_gpu_operator_and_node_exporter_their_host_access(synthesized):
+    for stack_id, doc in synthesized.items():
+        policies = json.loads(releases(doc)["kyverno-policies"]["values"][0])
+        assert policies["validationFailureAction"] == ("Enforce" if stack_id.endswith("prod") else "Audit")
+        for policy in ("disallow-privileged-containers", "disallow-host-path", "disallow-host-namespaces"):
+            [rule] = policies["policyExclude"][policy]["any"]
+            assert {"gpu-operator", "monitoring"} <= set(rule["resources"]["namespaces"])
