@@ -18,6 +18,7 @@ from constructs import Construct
 from mlops_infra.charts import CHARTS
 from mlops_infra.config import DATABASE_ADMIN, GPU_TAINT_KEY, SERVICE_ACCOUNTS, Environment
 from mlops_infra.outputs import MLFLOW_IN_CLUSTER
+from mlops_infra.policies import admission_policies
 
 DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy"
 
@@ -151,8 +152,13 @@ class PlatformLayer(Construct):
               for ns, secret, key, prop in (("dagster", "dagster-postgresql-secret", "db-password", "postgresql-password"),
                                             ("mlflow", "mlflow-db", "db-password", "password"))],
         ]
-        self.release("raw", {"resources": [*secrets, create_mlflow_db, *_deploy_manifests("kserve/networkpolicy.yaml"),
-                                           *_deploy_manifests("rbac/dagster-models.yaml"), *inputs.extra_manifests]},
+        self.release("raw", {"resources": [*secrets, create_mlflow_db,
+                                           *[obj for name in ("default-deny", "models", "mlflow", "dagster")
+                                             for obj in _deploy_manifests(f"network/{name}.yaml")],
+                                           *_deploy_manifests("availability/pdbs.yaml"),
+                                           *_deploy_manifests("rbac/dagster-models.yaml"),
+                                           *admission_policies(inputs.registry, enforce=env.stage == "prod"),
+                                           *inputs.extra_manifests]},
                      name="platform-manifests", after=["external-secrets"])
 
         _, dagster_sa = SERVICE_ACCOUNTS["dagster"]

@@ -191,11 +191,17 @@ def test_dagster_run_environment_is_what_the_profile_reads(synthesized):
 
 
 def test_model_servers_are_reachable_only_from_the_gateway_prometheus_and_dagster(synthesized):
+    """The stacks apply every policy in deploy/network (tests/infra/test_network_policies.py checks their flows)."""
     import kubernetes_validate
+    import yaml
 
+    on_disk = [d for p in sorted((REPO / "deploy" / "network").glob("*.yaml")) for d in yaml.safe_load_all(p.read_text())]
     for stack_id, doc in synthesized.items():
         manifests = json.loads(releases(doc)["platform-manifests"]["values"][0])["resources"]
-        [policy] = [m for m in manifests if m["kind"] == "NetworkPolicy"]
+        applied = [m for m in manifests if m["kind"] == "NetworkPolicy"]
+        assert sorted((m["metadata"]["namespace"], m["metadata"]["name"]) for m in applied) == sorted(
+            (d["metadata"]["namespace"], d["metadata"]["name"]) for d in on_disk), stack_id
+        [policy] = [m for m in applied if m["metadata"]["name"] == "model-servers-ingress"]
         kubernetes_validate.validate(policy, "1.33", strict=True)
         assert policy["metadata"]["namespace"] == SERVICE_ACCOUNTS["kserve"][0], stack_id
         [rule] = policy["spec"]["ingress"]
