@@ -17,6 +17,7 @@ from constructs import Construct
 
 from mlops_infra.charts import CHARTS
 from mlops_infra.config import DATABASE_ADMIN, GPU_TAINT_KEY, SERVICE_ACCOUNTS, Environment
+from mlops_infra.dashboards import dashboard_config_maps
 from mlops_infra.outputs import MLFLOW_IN_CLUSTER
 from mlops_infra.policies import admission_policies
 
@@ -113,7 +114,8 @@ class PlatformLayer(Construct):
             }},
         })
         self.release("monitoring", {"resources": [*_deploy_manifests("monitoring/podmonitor.yaml"),
-                                                  *_deploy_manifests("monitoring/rules.yaml")]},
+                                                  *_deploy_manifests("monitoring/rules.yaml"),
+                                                  *dashboard_config_maps()]},
                      chart="raw", name="platform-monitoring", after=["kube-prometheus-stack"])
         self.release("kyverno", {"admissionController": {"replicas": 3 if env.stage == "prod" else 1}})
         self.release("kyverno-policies", {
