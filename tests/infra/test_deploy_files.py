@@ -35,3 +35,16 @@ def test_serving_image_entrypoint_is_the_runtime_the_cluster_backend_configures(
     parsed = build_parser().parse_args(args)
     assert (parsed.host, parsed.port, parsed.model, parsed.revision) == ("0.0.0.0", RUNTIME_PORT, ["m=1"], "stable")
     assert parsed.model_dir == "/mnt/models", "where KServe's storage initializer puts the predictor's STORAGE_URI"
+
+
+def test_the_dagster_image_can_reach_the_cloud_instance_and_run_the_cloud_profiles():
+    """The image installs the project with its own dependencies; those must include what the cloud instance and
+    profiles import: dagster-postgres (run, event and schedule storage), dagster-k8s (launcher and executor), and the
+    fsspec back ends of the three clouds' object stores."""
+    import tomllib
+
+    dockerfile = (REPO / "deploy" / "Dockerfile.dagster").read_text()
+    assert "-c constraints.txt" in dockerfile and "install" in dockerfile and " ." in dockerfile
+    dependencies = {d.split("==")[0].split("[")[0].split(">")[0].strip().lower() for d in
+                    tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]}
+    assert {"dagster-postgres", "dagster-k8s", "s3fs", "gcsfs", "adlfs"} <= dependencies, dependencies
