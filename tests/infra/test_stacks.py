@@ -271,3 +271,27 @@ def test_prod_pod_security_leaves_the_gpu_operator_and_node_exporter_their_host_
         for policy in ("disallow-privileged-containers", "disallow-host-path", "disallow-host-namespaces"):
             [rule] = policies["policyExclude"][policy]["any"]
             assert {"gpu-operator", "monitoring"} <= set(rule["resources"]["namespaces"])
+
+
+def test_mlflow_and_dagster_get_what_their_charts_read(synthesized):
+    """MLflow's chart reads the user name and the password from the synced secret (usernameKey, passwordKey); the
+    images are tagged with a version, never `latest` (the registries are immutable); Prometheus keeps its data on a
+    volume; Dagster's pool limit reaches the instance through a key the chart has (additionalInstanceConfig)."""
+    for stack_id, doc in synthesized.items():
+        installed = releases(doc)
+        manifests = json.loads(installed["platform-manifests"]["values"][0])["resources"]
+        [secret] = [m for m in manifests if m["kind"] == "ExternalSecret" and m["metadata"]["name"] == "mlflow-db"]
+        mlflow = json.loads(installed["mlflow"]["values"][0])["backendStore"]["existingDatabaseSecret"]
+        template = secret["spec"]["target"]["template"]["data"]
+        assert {mlflow["usernameKey"], mlflow["passwordKey"]} <= set(template), stack_id
+        dagster = json.loads(installed["dagster"]["values"][0])
+        [deployment] = dagster["dagster-user-deployments"]["deployments"]
+        assert deployment["image"]["tag"] not in ("", "latest")
+        assert dagster["additionalInstanceConfig"]["concurrency"]["pools"]["default_limit"] == 2
+        assert "dagsterInstance" not in dagster
+        run_env = dict(v.split("=", 1) for v in dagster["runLauncher"]["config"]["k8sRunLauncher"]["envVars"])
+        assert run_env["MLOPS_SERVING_IMAGE"].endswith(f"/mlops-serving:{deployment['image']['tag']}")
+        prometheus = json.loads(installed["kube-prometheus-stack"]["values"][0])["prometheus"]["prometheusSpec"]
+        assert prometheus["storageSpec"]["volumeClaimTemplate"]["spec"]["resources"]["requests"]["storage"]
+    local = synthesized["aws-dev"]["locals"]["registry"]
+    assert "replace(" in local and "/mlops-serving" in local, "the registry keeps the repositories' path prefix"
