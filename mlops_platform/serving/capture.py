@@ -112,14 +112,20 @@ class CaptureWriter:
                 logger.warning("capture write for %s failed, %d rows dropped: %s", model, rows, exc)
 
     def _write(self, model: str, kind: str, hour: str, group: list[Captured]) -> None:
+        import io
+
         import fsspec
+
+        from mlops_platform.integrations.storage import write_whole
 
         frame = feedback_frame(group) if kind == FEEDBACK else inputs_frame(group)
         path = f"{self.uri}/{model}/{kind}/{hour}/part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
         fs, target = fsspec.core.url_to_fs(path, **self.storage_options)
-        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-        with fs.open(target, "wb") as fh:
-            frame.to_parquet(fh, index=False)
+        payload = io.BytesIO()
+        frame.to_parquet(payload, index=False)
+        # A reader (the drift report, the feedback join) lists the folder while requests are served: on a local disk
+        # it must never find a part file that is still being written.
+        write_whole(fs, target, payload.getvalue())
 
     def close(self, timeout: float = 5.0) -> None:
         self._stopping = True

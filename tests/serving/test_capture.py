@@ -71,3 +71,33 @@ def test_a_broken_sink_drops_its_batch_and_counts_it(tmp_path):
     assert dropped(model, "write_failed") == 3
     assert writer.offer(inputs_of(model, "r", "1", "stable", ["a", "b"], rows(1), np.zeros(1))), "it keeps accepting"
     writer.close()
+
+
+def test_a_reader_on_a_local_disk_never_sees_a_part_file_half_written(tmp_path):
+    """The drift report and the feedback join list the capture folder while requests are served: every part file
+    they find reads whole (a CI run once read a 0-byte one mid-write)."""
+    uri = str(tmp_path / "capture")
+    writer = CaptureWriter(uri, flush_seconds=60)
+    store, stop, errors, reads = CaptureStore(uri), threading.Event(), [], [0]
+
+    def read_while_written() -> None:
+        while not stop.is_set():
+            try:
+                store.inputs("m")
+                store.feedback("m")
+                reads[0] += 1
+            except Exception as exc:  # noqa: BLE001 - any failure to read is what this test is about
+                errors.append(repr(exc))
+
+    reader = threading.Thread(target=read_while_written)
+    reader.start()
+    try:
+        for i in range(150):
+            writer.offer(inputs_of("m", f"r{i}", "3", "stable", ["a", "b"], rows(200), np.array(["yes"] * 200, dtype=object)))
+            writer.offer(feedback_of("m", [{"request_id": f"r{i}", "row": 0, "label": "yes"}]))
+            writer.flush()
+    finally:
+        stop.set()
+        reader.join()
+    assert errors == [] and reads[0] > 0
+    assert len(store.inputs("m")) == 150 * 200
