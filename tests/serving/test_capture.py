@@ -86,7 +86,7 @@ def test_a_reader_on_a_local_disk_never_sees_a_part_file_half_written(tmp_path):
                 store.inputs("m")
                 store.feedback("m")
                 reads[0] += 1
-            except Exception as exc:  # noqa: BLE001 - any failure to read is what this test is about
+            except Exception as exc:  # any failure to read is what this test is about
                 errors.append(repr(exc))
 
     reader = threading.Thread(target=read_while_written)
