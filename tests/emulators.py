@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import requests
 
@@ -68,7 +69,7 @@ def _ensure_free(name: str, port: int) -> None:
 def _start(name: str, command: list[str], ready_url: str, log: Path, timeout: float = 30.0) -> subprocess.Popen:
     if shutil.which(command[0]) is None and not Path(command[0]).exists():
         raise EmulatorUnavailable(f"{name}: {command[0]} is not installed (make install puts it in .venv)")
-    _ensure_free(name, int(ready_url.split(":")[2].split("/")[0]))
+    _ensure_free(name, urlparse(ready_url).port)
     with open(log, "ab") as out:  # the child keeps its own descriptor
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + timeout

@@ -183,7 +183,7 @@ class PlatformLayer(Construct):
             }]},
             # The chart writes the instance's storage, launcher and coordinator from its own keys; what it has no key
             # for (run and pool concurrency) goes in verbatim from deploy/dagster/instance.yaml.
-            "additionalInstanceConfig": {"concurrency": _deploy_yaml("dagster/instance.yaml")["concurrency"]},
+            "additionalInstanceConfig": {"concurrency": _deploy_manifests("dagster/instance.yaml")[0]["concurrency"]},
         }, after=["raw"])
         _, mlflow_sa = SERVICE_ACCOUNTS["mlflow"]
         self.release("mlflow", {
@@ -221,7 +221,8 @@ HOST_NAMESPACES = ("gpu-operator", "monitoring")
 HOST_POLICIES = ("disallow-privileged-containers", "disallow-host-path", "disallow-host-namespaces",
                  "disallow-host-ports", "disallow-capabilities")
 # Where everything the platform keeps lives in its one bucket; the profile reads each as MLOPS_<NAME>_URI.
-STORAGE_PREFIXES = ("landing", "quarantine", "capture", "io", "mlflow")
+STORAGE_FOLDERS = {"landing": "landing", "quarantine": "quarantine", "capture": "capture", "io": "dagster-io",
+                   "mlflow": "mlflow"}
 MODELS_NAMESPACE, SERVING_ACCOUNT = SERVICE_ACCOUNTS["kserve"]
 PROMETHEUS_IN_CLUSTER = "http://kube-prometheus-stack-prometheus.monitoring.svc.cluster.local:9090"
 # Dagster's and MLflow's UIs have no login of their own: users reach them by `kubectl port-forward` only.
@@ -231,7 +232,7 @@ SERVING_GATEWAY_IN_CLUSTER = "http://kserve-gateway.envoy-gateway-system.svc.clu
 
 
 def storage_uris(object_root: str) -> dict[str, str]:
-    return {prefix: f"{object_root}/{'dagster-io' if prefix == 'io' else prefix}" for prefix in STORAGE_PREFIXES}
+    return {name: f"{object_root}/{folder}" for name, folder in STORAGE_FOLDERS.items()}
 
 
 def run_environment(env: Environment, inputs: PlatformInputs) -> dict[str, str]:
@@ -250,12 +251,6 @@ def run_environment(env: Environment, inputs: PlatformInputs) -> dict[str, str]:
         "MLOPS_PROMETHEUS_URL": PROMETHEUS_IN_CLUSTER,
         **inputs.sdk_env,
     }
-
-
-def _deploy_yaml(relative: str) -> dict:
-    import yaml
-
-    return yaml.safe_load((DEPLOY_DIR / relative).read_text())
 
 
 def _deploy_manifests(relative: str) -> list[dict]:

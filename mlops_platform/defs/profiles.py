@@ -243,7 +243,7 @@ def _cloud(cloud: str) -> Profile:
     )
 
 
-PROFILES: dict[str, Callable[[], Profile]] = {"local": _local, **{cloud: partial(_cloud, cloud) for cloud in GPU_NODE_SELECTORS}}
+PROFILES: dict[str, Callable[[], Profile]] = {"local": _local, **{cloud: partial(_cloud, cloud) for cloud in CLOUDS}}
 
 
 def current_profile_name() -> str:

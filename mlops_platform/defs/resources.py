@@ -141,5 +141,9 @@ class RunScopedPickleIOManager(dg.ConfigurableIOManager):
             run_id = context.upstream_output.run_id  # the run that wrote the upstream value, when it ran in this run
         except (AttributeError, dg.DagsterInvariantViolationError):
             run_id = None
-        own = f"{folder}/runs/{run_id}.pkl"
-        return pickle.loads(fs.cat_file(own if run_id and fs.exists(own) else f"{folder}/latest.pkl"))
+        if run_id:
+            try:
+                return pickle.loads(fs.cat_file(f"{folder}/runs/{run_id}.pkl"))
+            except FileNotFoundError:  # not written in this run: a lone materialization reads the latest
+                pass
+        return pickle.loads(fs.cat_file(f"{folder}/latest.pkl"))

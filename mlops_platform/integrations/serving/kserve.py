@@ -50,8 +50,9 @@ CANARY_PREDICTOR = "canary"  # KServe's webhook requires each canary predictor t
 
 def predictor_spec(name: str, version: str, revision: Revision, *, image: str, tracking_uri: str,
                    service_account: str | None, storage_uris: dict[str, str], canary_traffic_percent: int | None = None,
-                   batching: dict | None = None, capture: dict | None = None) -> Any:
-    """Our runtime as a custom predictor container, pinned to one registered version and labelled with its revision."""
+                   batching: dict | None = None, capture: dict | None = None, name_as: str | None = None) -> Any:
+    """Our runtime as a custom predictor container, pinned to one registered version and labelled with its revision;
+    `name_as` names the predictor (KServe requires a name on each canary predictor, and only there)."""
     from kserve import V1beta1PredictorSpec
     from kubernetes.client import V1Container, V1ContainerPort, V1EnvVar, V1ResourceRequirements
 
@@ -68,9 +69,7 @@ def predictor_spec(name: str, version: str, revision: Revision, *, image: str, t
         resources=V1ResourceRequirements(requests={"cpu": "500m", "memory": "1Gi"}, limits={"memory": "2Gi"}),
     )
     return V1beta1PredictorSpec(containers=[container], service_account_name=service_account, min_replicas=1,
-                                canary_traffic_percent=canary_traffic_percent,
-                                name=CANARY_PREDICTOR if revision == Revision.CANARY and canary_traffic_percent is None
-                                else None)
+                                canary_traffic_percent=canary_traffic_percent, name=name_as)
 
 
 def inference_service(name: str, stable: str, canary: str | None, canary_percent: int, *, namespace: str, image: str,
@@ -88,7 +87,8 @@ def inference_service(name: str, stable: str, canary: str | None, canary_percent
         spec = V1beta1InferenceServiceSpec(
             predictor=predictor_spec(name, stable, Revision.STABLE, **common),
             # An empty list, not None: a merge patch must be able to remove a canary that is there.
-            canary=[V1beta1CanarySpec(predictor=predictor_spec(name, canary, Revision.CANARY, **common),
+            canary=[V1beta1CanarySpec(predictor=predictor_spec(name, canary, Revision.CANARY, name_as=CANARY_PREDICTOR,
+                                                               **common),
                                       traffic_percent=canary_percent)] if canary else [],
         )
     else:
