@@ -114,7 +114,7 @@ validate: home ## `dagster definitions validate` for every profile
 bench: home ## end-to-end benchmark: wall time split into compute and orchestration
 	$(PY) bench/e2e_local.py
 
-synth: install infra-tools ## synthesize all six infrastructure stacks into infra_cdktf/cdktf.out
+synth: install infra-tools ## synthesize all twelve infrastructure stacks (six environments × cloud, platform) into infra_cdktf/cdktf.out
 	cd infra_cdktf && PATH=$(CURDIR)/$(BIN):$$PATH npx cdktf synth
 
 checkov: synth ## scan the synthesized stacks with checkov and the reviewed skip list

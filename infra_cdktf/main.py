@@ -1,4 +1,5 @@
-"""The CDK Terrain app: six stacks, `aws|azure|gcp` × `dev|prod`. `cdktf synth` runs this file."""
+"""The CDK Terrain app: six environments, `aws|azure|gcp` × `dev|prod`, each a cloud stack and its platform stack
+(`aws-dev`, `aws-dev-platform`). `cdktf synth` runs this file; MLOPS_STACKS=aws-dev,... picks environments."""
 
 from __future__ import annotations
 

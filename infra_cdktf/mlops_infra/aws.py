@@ -1,4 +1,5 @@
-"""AWS environment: VPC, EKS with Karpenter, S3, RDS PostgreSQL, ECR, IRSA, SSM Parameter Store, platform layer."""
+"""AWS environment: VPC, EKS with Karpenter, S3, RDS PostgreSQL, ECR, IRSA, SSM Parameter Store; then the platform
+stack on top (`mlops_infra.platform`)."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ from constructs import Construct
 
 from mlops_infra.config import DATABASE_ADMIN, GPU_TAINT_KEY, SERVICE_ACCOUNTS, Environment
 from mlops_infra.outputs import MLFLOW_IN_CLUSTER, publish
-from mlops_infra.platform import ClusterAccess, PlatformInputs, PlatformLayer
+from mlops_infra.platform import ClusterAccess, ExtraRelease, PlatformInputs, storage_outputs
 
 # Inside lists, jsii builds structs from camelCase maps (snake_case keys there are dropped silently); a struct passed
 # directly takes Python's snake_case keywords.
@@ -233,11 +234,17 @@ class AwsEnvironment(TerraformStack):
                                            "iam:DeleteInstanceProfile"], "Resource": "*"},
             {"Effect": "Allow", "Action": "iam:PassRole", "Resource": node_role.arn}])
 
-        access = ClusterAccess(host=cluster.endpoint,
-                               cluster_ca_certificate=Fn.base64decode(cluster.certificate_authority.get(0).data),
-                               exec_command="aws", exec_args=["eks", "get-token", "--cluster-name", n, "--region", env.region])
-        platform = PlatformLayer(self, "platform", env=env, inputs=PlatformInputs(
-            access=access,
+        # EKS has no CSI driver for EBS until this add-on: Prometheus's volume (and any PVC) would stay Pending.
+        ebs_role = irsa("ebs-csi", "kube-system", "ebs-csi-controller-sa", [],
+                        managed_policies=("AmazonEBSCSIDriverPolicy",))
+        EksAddon(self, "ebs-csi", cluster_name=cluster.name, addon_name="aws-ebs-csi-driver",
+                 service_account_role_arn=ebs_role.arn, resolve_conflicts_on_create="OVERWRITE")
+
+        endpoint, ca = cluster.endpoint, cluster.certificate_authority.get(0).data
+        self.platform_inputs = inputs = PlatformInputs(
+            access=lambda stack: ClusterAccess(
+                host=endpoint, cluster_ca_certificate=Fn.base64decode(ca),
+                exec_command="aws", exec_args=["eks", "get-token", "--cluster-name", n, "--region", env.region]),
             identity_annotations={c: {"eks.amazonaws.com/role-arn": r.arn} for c, r in roles.items()},
             identity_labels={},
             secret_store={"aws": {"service": "ParameterStore", "region": env.region,
@@ -246,28 +253,25 @@ class AwsEnvironment(TerraformStack):
             object_root=f"s3://{bucket.bucket}",
             sdk_env={"AWS_REGION": env.region},
             registry=registry,
-        ))
-        platform.release("karpenter", {
-            "settings": {"clusterName": n, "clusterEndpoint": cluster.endpoint},
-            "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": karpenter_role.arn}},
-            "controller": {"resources": {"requests": {"cpu": "250m", "memory": "512Mi"}}},
-        })
-        # The NodePools once Karpenter's chart (and with it its CRDs) is in: applied before, they would be refused.
-        platform.release("karpenter-pools", {"resources": karpenter_pools(env, node_role.name)}, chart="raw",
-                         name="karpenter-node-pools", after=["karpenter"])
-        # EKS has no CSI driver for EBS until this add-on: Prometheus's volume (and any PVC) would stay Pending.
-        ebs_role = irsa("ebs-csi", "kube-system", "ebs-csi-controller-sa", [],
-                        managed_policies=("AmazonEBSCSIDriverPolicy",))
-        EksAddon(self, "ebs-csi", cluster_name=cluster.name, addon_name="aws-ebs-csi-driver",
-                 service_account_role_arn=ebs_role.arn, resolve_conflicts_on_create="OVERWRITE")
-        platform.releases["external-secrets"].values = [json.dumps({
-            "installCRDs": True, "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": secrets_role.arn}}})]
+            extra_releases=[
+                ExtraRelease("karpenter", {
+                    "settings": {"clusterName": n, "clusterEndpoint": endpoint},
+                    "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": karpenter_role.arn}},
+                    "controller": {"resources": {"requests": {"cpu": "250m", "memory": "512Mi"}}},
+                }),
+                # The NodePools once Karpenter's chart (and with it its CRDs) is in: applied before, they would be refused.
+                ExtraRelease("karpenter-pools", {"resources": karpenter_pools(env, node_role.name)}, chart="raw",
+                             name="karpenter-node-pools", after=("karpenter",)),
+            ],
+            chart_values={"external-secrets": {
+                "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": secrets_role.arn}}}},
+        )
 
         publish(self, {
             "cluster_endpoint": cluster.endpoint,
             "kubeconfig_command": f"aws eks update-kubeconfig --name {n} --region {env.region}",
             "mlops_bucket": bucket.bucket,
-            **platform.storage_outputs(),
+            **storage_outputs(env, inputs),
             "dagster_pg_host": db.address,
             "mlflow_tracking_uri": MLFLOW_IN_CLUSTER,
             "registry_url": registry,

@@ -39,7 +39,7 @@ from constructs import Construct
 
 from mlops_infra.config import DATABASE_ADMIN, GPU_TAINT_KEY, SERVICE_ACCOUNTS, Environment
 from mlops_infra.outputs import MLFLOW_IN_CLUSTER, publish
-from mlops_infra.platform import ClusterAccess, PlatformInputs, PlatformLayer
+from mlops_infra.platform import ClusterAccess, PlatformInputs, storage_outputs
 
 # Azure's own application id for AKS's AAD server: kubelogin asks tokens for it.
 AKS_AAD_SERVER_APP = "6dae42f8-4368-4678-94ff-3960e28e3630"
@@ -169,7 +169,7 @@ class AzureEnvironment(TerraformStack):
                        principal_id=cluster.kubelet_identity.object_id)
         # Azure RBAC for Kubernetes with local accounts off: the deployer (Terraform's Helm and Kubernetes providers,
         # through kubelogin) is authorized by this role or by nothing.
-        cluster_admin = RoleAssignment(self, "aks-deployer", scope=cluster.id,
+        RoleAssignment(self, "aks-deployer", scope=cluster.id,
                                        role_definition_name="Azure Kubernetes Service RBAC Cluster Admin",
                                        principal_id=client.object_id)
 
@@ -202,12 +202,14 @@ class AzureEnvironment(TerraformStack):
                        principal_id=secrets_id.principal_id)
 
         kube = cluster.kube_config.get(0)
-        access = ClusterAccess(host=kube.host, cluster_ca_certificate=Fn.base64decode(kube.cluster_ca_certificate),
-                               exec_command="kubelogin",
-                               exec_args=["get-token", "--login", "azurecli", "--server-id", AKS_AAD_SERVER_APP])
+        host, ca = kube.host, kube.cluster_ca_certificate
         lake = f"abfss://{container.name}@{storage.name}.dfs.core.windows.net"
-        platform = PlatformLayer(self, "platform", env=env, inputs=PlatformInputs(
-            access=access,
+        self.platform_inputs = inputs = PlatformInputs(
+            # The deployer's Entra ID token, through kubelogin: local accounts are off. The deployer holds AKS RBAC
+            # Cluster Admin (above) by the time the platform stack runs, since this stack is applied first.
+            access=lambda stack: ClusterAccess(
+                host=host, cluster_ca_certificate=Fn.base64decode(ca), exec_command="kubelogin",
+                exec_args=["get-token", "--login", "azurecli", "--server-id", AKS_AAD_SERVER_APP]),
             identity_annotations={c: {"azure.workload.identity/client-id": i.client_id} for c, i in identities.items()},
             identity_labels={"azure.workload.identity/use": "true"},
             secret_store={"azurekv": {"authType": "WorkloadIdentity", "vaultUrl": vault.vault_uri,
@@ -221,19 +223,17 @@ class AzureEnvironment(TerraformStack):
             # AKS taints every spot pool itself: the GPU operator's DaemonSets must tolerate that on the GPU pool.
             gpu_tolerations=[{"key": "kubernetes.azure.com/scalesetpriority", "operator": "Equal", "value": "spot",
                               "effect": "NoSchedule"}],
-            depends_on=[cluster_admin],
-        ))
-        # KEDA is AKS's own add-on here (workload_autoscaler_profile): its chart would install a second operator.
-        platform.releases["external-secrets"].values = [Fn.jsonencode({
-            "installCRDs": True,
-            "serviceAccount": {"annotations": {"azure.workload.identity/client-id": secrets_id.client_id},
-                               "extraLabels": {"azure.workload.identity/use": "true"}}})]
+            # KEDA is AKS's own add-on here (workload_autoscaler_profile): no chart installs a second operator.
+            chart_values={"external-secrets": {
+                "serviceAccount": {"annotations": {"azure.workload.identity/client-id": secrets_id.client_id},
+                                   "extraLabels": {"azure.workload.identity/use": "true"}}}},
+        )
 
         publish(self, {
             "cluster_endpoint": kube.host,
             "kubeconfig_command": f"az aks get-credentials --resource-group {n}-rg --name {n} && kubelogin convert-kubeconfig -l azurecli",
             "mlops_bucket": container.name,
-            **platform.storage_outputs(),
+            **storage_outputs(env, inputs),
             "dagster_pg_host": db.fqdn,
             "mlflow_tracking_uri": MLFLOW_IN_CLUSTER,
             "registry_url": registry.login_server,

@@ -37,7 +37,7 @@ from constructs import Construct
 
 from mlops_infra.config import DATABASE_ADMIN, GPU_TAINT_KEY, SERVICE_ACCOUNTS, Environment
 from mlops_infra.outputs import MLFLOW_IN_CLUSTER, publish
-from mlops_infra.platform import ClusterAccess, PlatformInputs, PlatformLayer
+from mlops_infra.platform import ClusterAccess, PlatformInputs, storage_outputs
 
 
 class GcpEnvironment(TerraformStack):
@@ -50,7 +50,6 @@ class GcpEnvironment(TerraformStack):
             description="the deployer's public address as a CIDR (e.g. 203.0.113.7/32): may reach the cluster API").string_value
         GoogleProvider(self, "google", project=project, region=env.region, default_labels=env.labels)
         RandomProvider(self, "random")
-        client = DataGoogleClientConfig(self, "client")
 
         ring = KmsKeyRing(self, "keyring", name=f"{n}-keys", location=env.region)
         key = KmsCryptoKey(self, "key", name=f"{n}-data", key_ring=ring.id, rotation_period="7776000s",
@@ -201,10 +200,16 @@ class GcpEnvironment(TerraformStack):
         SecretManagerSecretIamMember(self, "secret-reader", secret_id=secret.id, role="roles/secretmanager.secretAccessor",
                                      member=f"serviceAccount:{secrets_id.email}")
 
-        access = ClusterAccess(host=f"https://{cluster.endpoint}",
-                               cluster_ca_certificate=Fn.base64decode(cluster.master_auth.cluster_ca_certificate),
-                               token=client.access_token)
-        platform = PlatformLayer(self, "platform", env=env, inputs=PlatformInputs(
+        endpoint, ca = cluster.endpoint, cluster.master_auth.cluster_ca_certificate
+
+        def access(stack: Construct) -> ClusterAccess:
+            """The deployer's own OAuth token, read in the platform stack at apply time: from this stack's state it
+            would be an hour old at best."""
+            GoogleProvider(stack, "google")
+            return ClusterAccess(host=f"https://{endpoint}", cluster_ca_certificate=Fn.base64decode(ca),
+                                 token=DataGoogleClientConfig(stack, "client").access_token)
+
+        self.platform_inputs = inputs = PlatformInputs(
             access=access,
             identity_annotations={c: {"iam.gke.io/gcp-service-account": g.email} for c, g in identities.items()},
             identity_labels={},
@@ -212,16 +217,15 @@ class GcpEnvironment(TerraformStack):
             database_host=db.private_ip_address,
             object_root=f"gs://{bucket.name}",
             registry=registry_url,
-        ))
-        platform.releases["external-secrets"].values = [Fn.jsonencode({
-            "installCRDs": True, "serviceAccount": {"annotations": {"iam.gke.io/gcp-service-account": secrets_id.email}}})]
-
+            chart_values={"external-secrets": {
+                "serviceAccount": {"annotations": {"iam.gke.io/gcp-service-account": secrets_id.email}}}},
+        )
 
         publish(self, {
             "cluster_endpoint": f"https://{cluster.endpoint}",
             "kubeconfig_command": f"gcloud container clusters get-credentials {n} --location {cluster.location} --project {project}",
             "mlops_bucket": bucket.name,
-            **platform.storage_outputs(),
+            **storage_outputs(env, inputs),
             "dagster_pg_host": db.private_ip_address,
             "mlflow_tracking_uri": MLFLOW_IN_CLUSTER,
             "registry_url": registry_url,

@@ -1,13 +1,20 @@
-"""The platform layer, one construct for every cloud: the Helm releases and Kubernetes objects that turn a bare
-managed cluster into the MLOps platform (KServe, Argo, Dagster, MLflow, monitoring, policies, secrets, GPUs)."""
+"""The platform stack, one for every cloud: the Helm releases and Kubernetes objects that turn a bare managed cluster
+into the MLOps platform (KServe, Dagster, MLflow, monitoring, policies, secrets, GPUs).
+
+It is a stack of its own, applied after the cloud stack that makes the cluster (`cdktf deploy aws-dev
+aws-dev-platform`): its Helm and Kubernetes providers are configured from the cluster's endpoint and CA, which
+Terraform knows at plan time only once the cluster exists. In one stack they are unknown on the first plan, and the
+providers fail or talk to the wrong cluster (the Kubernetes provider's documentation warns against exactly that)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cdktn import TerraformStack
 from cdktn_provider_helm.provider import HelmProvider
 from cdktn_provider_helm.release import Release
 from cdktn_provider_kubernetes.namespace_v1 import NamespaceV1, NamespaceV1Metadata
@@ -48,10 +55,24 @@ class ClusterAccess:
 
 
 @dataclass
-class PlatformInputs:
-    """What the cloud stack hands the platform layer."""
+class ExtraRelease:
+    """A cloud's own chart on top of the shared ones (Karpenter on AWS), as `PlatformLayer.release` takes it."""
 
-    access: ClusterAccess
+    key: str
+    values: dict
+    chart: str | None = None
+    name: str | None = None
+    after: tuple[str, ...] = ()
+
+
+@dataclass
+class PlatformInputs:
+    """What the cloud stack hands the platform stack. Values that are the cloud stack's resources become cross-stack
+    references: cdktn publishes them as outputs there and reads them back through `terraform_remote_state` here."""
+
+    # Builds, inside the platform stack, how its providers reach the cluster: a token is fetched there at apply time,
+    # never carried over from the cloud stack's state, where it would have expired.
+    access: Callable[[Construct], ClusterAccess]
     identity_annotations: dict[str, dict[str, str]]  # component → service-account annotations
     identity_labels: dict[str, str]  # extra labels on those service accounts (Azure Workload Identity needs one)
     secret_store: dict  # External Secrets ClusterSecretStore `spec.provider`
@@ -61,27 +82,32 @@ class PlatformInputs:
     sdk_env: dict[str, str] = field(default_factory=dict)  # what the cloud's SDK needs beside workload identity
     mlflow_artifact_root: str | None = None  # where MLflow's own client reaches the bucket, if not `object_root`
     gpu_tolerations: list[dict] = field(default_factory=list)  # taints the cloud puts on GPU nodes beside ours
-    depends_on: list = field(default_factory=list)  # what the deployer needs before it may talk to the cluster
-    extra_manifests: list[dict] = field(default_factory=list)
+    extra_releases: list[ExtraRelease] = field(default_factory=list)
+    chart_values: dict[str, dict] = field(default_factory=dict)  # chart key → the cloud's values on top of ours
 
 
 def _yaml(values: dict) -> str:
     return json.dumps(values)  # JSON is YAML; Helm reads it as values
 
 
-class PlatformLayer(Construct):
+def platform_stack_id(env: Environment) -> str:
+    return f"{env.stack_id}-platform"
+
+
+class PlatformStack(TerraformStack):
     """Shared by AWS, Azure and GCP; cloud differences arrive as `PlatformInputs`."""
 
-    def __init__(self, scope: Construct, id_: str, *, env: Environment, inputs: PlatformInputs):
-        super().__init__(scope, id_)
+    def __init__(self, scope: Construct, env: Environment, inputs: PlatformInputs):
+        super().__init__(scope, platform_stack_id(env))
         self.env = env
-        kube = KubernetesProvider(self, "kubernetes", **inputs.access.provider_args(exec_as_list=True))
-        self.helm = HelmProvider(self, "helm", kubernetes=inputs.access.provider_args())
+        self.inputs = inputs
+        access = inputs.access(self)
+        kube = KubernetesProvider(self, "kubernetes", **access.provider_args(exec_as_list=True))
+        self.helm = HelmProvider(self, "helm", kubernetes=access.provider_args())
         self.releases: dict[str, Release] = {}
 
         namespaces = {ns for ns, _ in SERVICE_ACCOUNTS.values()}
-        self.prerequisites = list(inputs.depends_on)
-        ns_objects = {ns: NamespaceV1(self, f"ns-{ns}", provider=kube, depends_on=self.prerequisites,
+        ns_objects = {ns: NamespaceV1(self, f"ns-{ns}", provider=kube,
                                       metadata=[NamespaceV1Metadata(name=ns, labels=env.labels)])
                       for ns in sorted(namespaces)}
         for component, (ns, name) in SERVICE_ACCOUNTS.items():
@@ -159,8 +185,7 @@ class PlatformLayer(Construct):
                                              for obj in _deploy_manifests(f"network/{name}.yaml")],
                                            *_deploy_manifests("availability/pdbs.yaml"),
                                            *_deploy_manifests("rbac/dagster-models.yaml"),
-                                           *admission_policies(inputs.registry, enforce=env.stage == "prod"),
-                                           *inputs.extra_manifests]},
+                                           *admission_policies(inputs.registry, enforce=env.stage == "prod")]},
                      name="platform-manifests", after=["external-secrets"])
 
         _, dagster_sa = SERVICE_ACCOUNTS["dagster"]
@@ -197,10 +222,8 @@ class PlatformLayer(Construct):
             "artifactRoot": {"defaultArtifactRoot": inputs.mlflow_artifact_root or storage_uris(inputs.object_root)["mlflow"],
                              "proxiedArtifactStorage": False},
         }, after=["raw"])
-
-    def storage_outputs(self) -> dict[str, str]:
-        """The run environment's storage URIs, as the output contract names them (`mlops_landing_uri`, ...)."""
-        return {name.lower(): value for name, value in self.run_env.items() if name.endswith("_URI") and name.startswith("MLOPS_")}
+        for extra in inputs.extra_releases:
+            self.release(extra.key, extra.values, chart=extra.chart, name=extra.name, after=list(extra.after))
 
     def release(self, key: str, values: dict, *, after: list[str] = (), name: str | None = None,
                 chart: str | None = None) -> Release:
@@ -209,8 +232,8 @@ class PlatformLayer(Construct):
         release = Release(
             self, f"release-{key}", provider=self.helm,
             name=name or key, repository=chart.repository, chart=chart.chart, version=chart.version,
-            namespace=chart.namespace, create_namespace=True, values=[_yaml(values)], timeout=900,
-            depends_on=[self.releases[a] for a in after] or self.prerequisites,
+            namespace=chart.namespace, create_namespace=True, values=[_yaml({**values, **self.inputs.chart_values.get(key, {})})],
+            timeout=900, depends_on=[self.releases[a] for a in after] or None,
         )
         self.releases[key] = release
         return release
@@ -233,6 +256,12 @@ SERVING_GATEWAY_IN_CLUSTER = "http://kserve-gateway.envoy-gateway-system.svc.clu
 
 def storage_uris(object_root: str) -> dict[str, str]:
     return {name: f"{object_root}/{folder}" for name, folder in STORAGE_FOLDERS.items()}
+
+
+def storage_outputs(env: Environment, inputs: PlatformInputs) -> dict[str, str]:
+    """The run environment's storage URIs, as the output contract names them (`mlops_landing_uri`, ...)."""
+    return {name.lower(): value for name, value in run_environment(env, inputs).items()
+            if name.endswith("_URI") and name.startswith("MLOPS_")}
 
 
 def run_environment(env: Environment, inputs: PlatformInputs) -> dict[str, str]:

@@ -31,12 +31,20 @@ def cli_out(tmp_path_factory):
     return out
 
 
-def test_cdktf_cli_synthesizes_every_stack(cli_out):
+ENVIRONMENTS = ["aws-dev", "aws-prod", "azure-dev", "azure-prod", "gcp-dev", "gcp-prod"]
+
+
+def test_cdktf_cli_synthesizes_every_stack_and_orders_each_pair(cli_out):
+    """`cdktf deploy aws-dev aws-dev-platform` applies the cloud stack first: the CLI orders stacks by the
+    dependencies in its manifest, and refuses the platform stack without its cloud stack."""
     manifest = json.loads((cli_out / "manifest.json").read_text())
-    assert sorted(manifest["stacks"]) == ["aws-dev", "aws-prod", "azure-dev", "azure-prod", "gcp-dev", "gcp-prod"]
+    assert sorted(manifest["stacks"]) == sorted([*ENVIRONMENTS, *[f"{e}-platform" for e in ENVIRONMENTS]])
+    for env in ENVIRONMENTS:
+        assert manifest["stacks"][env]["dependencies"] == []
+        assert manifest["stacks"][f"{env}-platform"]["dependencies"] == [env]
     for stack in manifest["stacks"]:
         doc = json.loads((cli_out / "stacks" / stack / "cdk.tf.json").read_text())
-        assert doc["resource"] and doc["output"]
+        assert doc["resource"], stack
 
 
 def test_checkov_finds_nothing_beyond_the_reviewed_skips(cli_out):
@@ -45,11 +53,12 @@ def test_checkov_finds_nothing_beyond_the_reviewed_skips(cli_out):
     result = subprocess.run([sys.executable, str(INFRA / "scan.py"), "--checkov", str(CHECKOV), "--out", str(cli_out)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
-    assert result.stdout.count(" 0 failed") == 6
+    assert result.stdout.count(" 0 failed") == 2 * len(ENVIRONMENTS)
 
 
 @pytest.mark.skipif(os.environ.get("MLOPS_TERRAFORM_VALIDATE") != "1", reason="opt-in: set MLOPS_TERRAFORM_VALIDATE=1")
-@pytest.mark.parametrize("stack", ["aws-dev", "azure-dev", "gcp-dev"])
+@pytest.mark.parametrize("stack", ["aws-dev", "aws-dev-platform", "azure-dev", "azure-dev-platform", "gcp-dev",
+                                   "gcp-dev-platform"])
 def test_terraform_validate(cli_out, stack):
     terraform = shutil.which("terraform")
     assert terraform, "MLOPS_TERRAFORM_VALIDATE=1 needs terraform on PATH"

@@ -10,7 +10,7 @@ import pytest
 from mlops_infra.charts import CHARTS
 from mlops_infra.config import ENVIRONMENTS, SERVICE_ACCOUNTS
 from mlops_infra.outputs import CONTRACT
-from tests.infra.conftest import releases, resources
+from tests.infra.conftest import contract_outputs, releases, resources
 from tests.support import REPO
 
 
@@ -19,10 +19,33 @@ def only(doc: dict, kind: str) -> dict:
     return value
 
 
-def test_six_stacks_with_one_output_contract(synthesized):
-    assert sorted(synthesized) == ["aws-dev", "aws-prod", "azure-dev", "azure-prod", "gcp-dev", "gcp-prod"]
-    for stack_id, doc in synthesized.items():
-        assert set(doc["output"]) == set(CONTRACT), stack_id
+def test_six_environments_with_one_output_contract(stacks):
+    environments = ["aws-dev", "aws-prod", "azure-dev", "azure-prod", "gcp-dev", "gcp-prod"]
+    assert sorted(stacks) == sorted([*environments, *[f"{e}-platform" for e in environments]])
+    for env_id in environments:
+        assert contract_outputs(stacks[env_id]) == set(CONTRACT), env_id
+        assert not contract_outputs(stacks[f"{env_id}-platform"]), env_id
+
+
+@pytest.mark.parametrize("env_id", sorted(ENVIRONMENTS))
+def test_the_platform_stack_reaches_the_cluster_through_the_cloud_stacks_state(stacks, env_id):
+    """The cluster is made in the cloud stack; the platform stack's Helm and Kubernetes providers read its endpoint
+    and CA from that stack's state, known at plan time, and make nothing in the cloud. The cloud stack has no
+    Kubernetes or Helm resource, so it plans without a cluster."""
+    cloud, platform = stacks[env_id], stacks[f"{env_id}-platform"]
+    assert not {k for k in cloud["resource"] if k.startswith(("kubernetes_", "helm_"))}
+    assert not set(cloud.get("provider", {})) & {"kubernetes", "helm"}
+    made = set(platform["resource"])
+    assert made <= {"helm_release", "kubernetes_namespace_v1", "kubernetes_service_account_v1"}, made
+    [state] = platform["data"]["terraform_remote_state"].values()
+    assert state["config"]["path"].endswith(f"terraform.{env_id}.tfstate")
+    for provider in ("kubernetes", "helm"):
+        [config] = platform["provider"][provider]
+        config = config.get("kubernetes", config)
+        for key in ("host", "cluster_ca_certificate"):
+            assert "data.terraform_remote_state.cross-stack-reference-input" in config[key], (provider, key)
+        # A token, where there is one, is the deployer's own, read at apply time, never a value from state.
+        assert "terraform_remote_state" not in config.get("token", "")
 
 
 def test_kubernetes_is_1_33_or_newer(synthesized):
