@@ -246,7 +246,6 @@ class AwsEnvironment(TerraformStack):
                 host=endpoint, cluster_ca_certificate=Fn.base64decode(ca),
                 exec_command="aws", exec_args=["eks", "get-token", "--cluster-name", n, "--region", env.region]),
             identity_annotations={c: {"eks.amazonaws.com/role-arn": r.arn} for c, r in roles.items()},
-            identity_labels={},
             secret_store={"aws": {"service": "ParameterStore", "region": env.region,
                                   "auth": {"jwt": {"serviceAccountRef": {"name": "external-secrets", "namespace": "external-secrets"}}}}},
             database_host=db.address,

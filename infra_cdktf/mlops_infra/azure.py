@@ -43,6 +43,9 @@ from mlops_infra.platform import ClusterAccess, PlatformInputs, storage_outputs
 
 # Azure's own application id for AKS's AAD server: kubelogin asks tokens for it.
 AKS_AAD_SERVER_APP = "6dae42f8-4368-4678-94ff-3960e28e3630"
+# Azure Workload Identity's webhook injects the federated token into pods with this label, whatever their service
+# account says; the service accounts carry only the client-id annotation.
+WORKLOAD_IDENTITY_POD_LABELS = {"azure.workload.identity/use": "true"}
 
 
 class AzureEnvironment(TerraformStack):
@@ -211,7 +214,7 @@ class AzureEnvironment(TerraformStack):
                 host=host, cluster_ca_certificate=Fn.base64decode(ca), exec_command="kubelogin",
                 exec_args=["get-token", "--login", "azurecli", "--server-id", AKS_AAD_SERVER_APP]),
             identity_annotations={c: {"azure.workload.identity/client-id": i.client_id} for c, i in identities.items()},
-            identity_labels={"azure.workload.identity/use": "true"},
+            pod_identity_labels=WORKLOAD_IDENTITY_POD_LABELS,
             secret_store={"azurekv": {"authType": "WorkloadIdentity", "vaultUrl": vault.vault_uri,
                                       "serviceAccountRef": {"name": "external-secrets", "namespace": "external-secrets"}}},
             database_host=db.fqdn,
@@ -225,8 +228,7 @@ class AzureEnvironment(TerraformStack):
                               "effect": "NoSchedule"}],
             # KEDA is AKS's own add-on here (workload_autoscaler_profile): no chart installs a second operator.
             chart_values={"external-secrets": {
-                "serviceAccount": {"annotations": {"azure.workload.identity/client-id": secrets_id.client_id},
-                                   "extraLabels": {"azure.workload.identity/use": "true"}}}},
+                "serviceAccount": {"annotations": {"azure.workload.identity/client-id": secrets_id.client_id}}}},
         )
 
         publish(self, {

@@ -212,7 +212,6 @@ class GcpEnvironment(TerraformStack):
         self.platform_inputs = inputs = PlatformInputs(
             access=access,
             identity_annotations={c: {"iam.gke.io/gcp-service-account": g.email} for c, g in identities.items()},
-            identity_labels={},
             secret_store={"gcpsm": {"projectID": project}},
             database_host=db.private_ip_address,
             object_root=f"gs://{bucket.name}",

@@ -74,7 +74,6 @@ class PlatformInputs:
     # never carried over from the cloud stack's state, where it would have expired.
     access: Callable[[Construct], ClusterAccess]
     identity_annotations: dict[str, dict[str, str]]  # component → service-account annotations
-    identity_labels: dict[str, str]  # extra labels on those service accounts (Azure Workload Identity needs one)
     secret_store: dict  # External Secrets ClusterSecretStore `spec.provider`
     database_host: str
     object_root: str  # the platform's bucket as a URI: s3://bucket, gs://bucket, abfss://container@account.dfs...
@@ -82,6 +81,10 @@ class PlatformInputs:
     sdk_env: dict[str, str] = field(default_factory=dict)  # what the cloud's SDK needs beside workload identity
     mlflow_artifact_root: str | None = None  # where MLflow's own client reaches the bucket, if not `object_root`
     gpu_tolerations: list[dict] = field(default_factory=list)  # taints the cloud puts on GPU nodes beside ours
+    # Labels on every pod that uses a cloud identity: Azure Workload Identity acts on pods labelled so, not on service
+    # accounts (Dagster's runs, steps and code server, MLflow's server, External Secrets; the predictors get it from
+    # the profile, WORKLOAD_IDENTITY_POD_LABELS in mlops_platform/defs/profiles.py).
+    pod_identity_labels: dict[str, str] = field(default_factory=dict)
     extra_releases: list[ExtraRelease] = field(default_factory=list)
     chart_values: dict[str, dict] = field(default_factory=dict)  # chart key → the cloud's values on top of ours
 
@@ -113,7 +116,7 @@ class PlatformStack(TerraformStack):
         for component, (ns, name) in SERVICE_ACCOUNTS.items():
             ServiceAccountV1(self, f"sa-{component}", provider=kube, depends_on=[ns_objects[ns]], metadata=ServiceAccountV1Metadata(
                 name=name, namespace=ns, annotations=inputs.identity_annotations[component],
-                labels={**env.labels, **inputs.identity_labels},
+                labels=env.labels,
             ))
 
         self.release("cert-manager", {"crds": {"enabled": True}})
@@ -152,7 +155,7 @@ class PlatformStack(TerraformStack):
             "policyExclude": {policy: {"any": [{"resources": {"kinds": ["Pod"], "namespaces": list(HOST_NAMESPACES)}}]}
                               for policy in HOST_POLICIES},
         }, after=["kyverno"])
-        self.release("external-secrets", {"installCRDs": True})
+        self.release("external-secrets", {"installCRDs": True, "podLabels": inputs.pod_identity_labels})
         self.release("gpu-operator", {
             "driver": {"enabled": env.cloud != "gcp"},  # GKE installs the driver on its GPU nodes itself
             "dcgmExporter": {"enabled": True, "serviceMonitor": {"enabled": True}},
@@ -196,8 +199,9 @@ class PlatformStack(TerraformStack):
             "postgresql": {"enabled": False, "postgresqlHost": inputs.database_host,
                            "postgresqlUsername": DATABASE_ADMIN, "postgresqlDatabase": "dagster"},
             "generatePostgresqlPasswordSecret": False,
+            # The launcher's labels reach the run's pod and every step pod (the k8s executor inherits them).
             "runLauncher": {"type": "K8sRunLauncher", "config": {"k8sRunLauncher": {
-                "envVars": [f"{k}={v}" for k, v in sorted(run_env.items())]}}},
+                "envVars": [f"{k}={v}" for k, v in sorted(run_env.items())], "labels": inputs.pod_identity_labels}}},
             "dagsterDaemon": {"runCoordinator": {"enabled": True, "type": "QueuedRunCoordinator"}},
             "dagster-user-deployments": {"enabled": True, "deployments": [{
                 "name": "mlops-platform", "port": 3030,
@@ -205,6 +209,7 @@ class PlatformStack(TerraformStack):
                           "pullPolicy": "IfNotPresent"},
                 "dagsterApiGrpcArgs": ["-m", "mlops_platform.definitions"],
                 "env": [{"name": k, "value": v} for k, v in sorted(run_env.items())],
+                "labels": inputs.pod_identity_labels,
             }]},
             # The chart writes the instance's storage, launcher and coordinator from its own keys; what it has no key
             # for (run and pool concurrency) goes in verbatim from deploy/dagster/instance.yaml.
@@ -213,6 +218,7 @@ class PlatformStack(TerraformStack):
         _, mlflow_sa = SERVICE_ACCOUNTS["mlflow"]
         self.release("mlflow", {
             "serviceAccount": {"create": False, "name": mlflow_sa},
+            "extraPodLabels": inputs.pod_identity_labels,
             "backendStore": {"postgres": {"enabled": True, "host": inputs.database_host, "port": 5432,
                                           "database": "mlflow", "user": DATABASE_ADMIN},
                              "existingDatabaseSecret": {"name": "mlflow-db", "usernameKey": "username",

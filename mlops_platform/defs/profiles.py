@@ -36,6 +36,10 @@ GPU_NODE_SELECTORS = {
     "azure": {"kubernetes.azure.com/agentpool": "gpu"},
     "gcp": {"cloud.google.com/gke-accelerator": "nvidia-l4"},
 }
+# What a pod must carry to get its service account's cloud identity. Azure Workload Identity's webhook injects the
+# token only into pods labelled so (the service account carries the client-id annotation); IRSA and GKE need nothing.
+# infra_cdktf puts the same label on the platform's pods (a test holds the two together).
+WORKLOAD_IDENTITY_POD_LABELS = {"aws": {}, "azure": {"azure.workload.identity/use": "true"}, "gcp": {}}
 
 
 @dataclass(frozen=True)
@@ -227,6 +231,7 @@ def _cloud(cloud: str) -> Profile:
             prometheus_url=dg.EnvVar("MLOPS_PROMETHEUS_URL"),
             deployment_mode=os.environ.get("MLOPS_KSERVE_DEPLOYMENT_MODE", "Standard"),
             capture_uri=dg.EnvVar("MLOPS_CAPTURE_URI"),
+            pod_labels=WORKLOAD_IDENTITY_POD_LABELS[cloud],
         )
     return Profile(
         resources={

@@ -97,6 +97,7 @@ class KServeServingResource(ServingResource):
     ready_timeout_s: int = 600
     ready_poll_s: float = 5.0
     capture_uri: str | None = None
+    pod_labels: dict[str, str] = {}  # on every predictor pod: the cloud's workload-identity opt-in, where it has one
 
     def get_backend(self) -> ServingBackend:
         from mlops_platform.integrations.serving.kserve import KServeServing
@@ -104,7 +105,7 @@ class KServeServingResource(ServingResource):
         return KServeServing(self.namespace, self.image, self.tracking_uri, service_account=self.service_account,
                              deployment_mode=self.deployment_mode, prometheus_url=self.prometheus_url,
                              base_url=self.base_url, kubeconfig=self.kubeconfig, ready_timeout_s=self.ready_timeout_s,
-                             ready_poll_s=self.ready_poll_s, capture_uri=self.capture_uri)
+                             ready_poll_s=self.ready_poll_s, capture_uri=self.capture_uri, pod_labels=self.pod_labels)
 
 
 KEEP_RUNS = 20  # per asset; a run still executing is always among the newest

@@ -10,7 +10,7 @@ import pytest
 from mlops_infra.charts import CHARTS
 from mlops_infra.config import ENVIRONMENTS, SERVICE_ACCOUNTS
 from mlops_infra.outputs import CONTRACT
-from tests.infra.conftest import contract_outputs, releases, resources
+from tests.infra.conftest import contract_outputs, releases, resources, values
 from tests.support import REPO
 
 
@@ -318,3 +318,27 @@ def test_mlflow_and_dagster_get_what_their_charts_read(synthesized):
         assert prometheus["storageSpec"]["volumeClaimTemplate"]["spec"]["resources"]["requests"]["storage"]
     local = synthesized["aws-dev"]["locals"]["registry"]
     assert "replace(" in local and "/mlops-serving" in local, "the registry keeps the repositories' path prefix"
+
+
+@pytest.mark.parametrize("stack_id", sorted(ENVIRONMENTS))
+def test_workload_identity_labels_are_on_the_pods_not_the_service_accounts(synthesized, stack_id):
+    """Azure Workload Identity's webhook acts on pods labelled `azure.workload.identity/use`; on a service account the
+    label does nothing, and no pod would get a token. Every pod that uses a cloud identity carries the profile's
+    label: Dagster's runs and steps (the launcher's labels), its code server, MLflow's server and External Secrets;
+    the predictors get it from the profile itself (tests/integrations/test_kserve_backend.py)."""
+    from mlops_platform.defs.profiles import WORKLOAD_IDENTITY_POD_LABELS
+
+    cloud = stack_id.split("-")[0]
+    expected = WORKLOAD_IDENTITY_POD_LABELS[cloud]
+    doc = synthesized[stack_id]
+    for account in resources(doc, "kubernetes_service_account_v1").values():
+        assert "azure.workload.identity/use" not in account["metadata"].get("labels", {}), account
+        if cloud == "azure":
+            assert "azure.workload.identity/client-id" in account["metadata"]["annotations"]
+    installed = {name: values(release) for name, release in releases(doc).items()}
+    dagster = installed["dagster"]
+    assert dagster["runLauncher"]["config"]["k8sRunLauncher"]["labels"] == expected
+    assert dagster["dagster-user-deployments"]["deployments"][0]["labels"] == expected
+    assert installed["mlflow"]["extraPodLabels"] == expected
+    assert installed["external-secrets"]["podLabels"] == expected
+    assert "extraLabels" not in installed["external-secrets"].get("serviceAccount", {})

@@ -60,11 +60,11 @@ def cluster(tmp_path):
         client.create_model_version(NAME, source=artifact_uri(str(version)))
     with FakeKubernetes() as api:
         def serving(mode: DeploymentMode, prometheus: str = "http://prometheus.invalid",
-                    tracking_uri: str = tracking) -> KServeServing:
+                    tracking_uri: str = tracking, pod_labels: dict | None = None) -> KServeServing:
             return KServeServing(NS, "registry.example.com/mlops-runtime:1.0", tracking_uri,
                                  service_account="kserve-models", deployment_mode=mode,
                                  kubeconfig=api.kubeconfig(tmp_path / "kubeconfig.json"), ready_poll_s=0.05,
-                                 prometheus_url=prometheus)
+                                 prometheus_url=prometheus, pod_labels=pod_labels)
         yield api, serving
 
 
@@ -133,6 +133,30 @@ def test_the_predictors_name_their_artifacts_for_the_storage_initializer(cluster
         env = {e["name"]: e["value"] for e in predictor["containers"][0]["env"]}
         assert env["STORAGE_URI"] == artifact_uri(version)
     assert stored(api)["spec"]["canary"][0]["predictor"]["name"] == "canary"
+
+
+@pytest.mark.parametrize("mode", [STANDARD, SERVERLESS])
+def test_the_azure_profile_opts_every_predictor_pod_into_workload_identity(cluster, tmp_path, monkeypatch, mode):
+    """Azure's webhook gives a pod its service account's identity only when the pod carries the label; KServe copies
+    a predictor's `labels` to its pods. The Azure profile sets them, on the stable and the canary predictor alike,
+    and the InferenceService still passes the upstream CRD and webhook."""
+    from mlops_platform.defs.profiles import WORKLOAD_IDENTITY_POD_LABELS, load_profile
+
+    for name in ("MLFLOW_TRACKING_URI", "MLOPS_MLFLOW_UI_URL", "MLOPS_KSERVE_NAMESPACE", "MLOPS_SERVING_IMAGE",
+                 "MLOPS_KSERVE_SERVICE_ACCOUNT", "MLOPS_SERVING_BASE_URL", "MLOPS_PROMETHEUS_URL", "MLOPS_CAPTURE_URI",
+                 "MLOPS_LANDING_URI", "MLOPS_QUARANTINE_URI", "MLOPS_IO_URI"):
+        monkeypatch.setenv(name, "x")
+    profiles = {cloud: load_profile(cloud).resources["serving"] for cloud in ("aws", "azure", "gcp")}
+    assert profiles["azure"].pod_labels == {"azure.workload.identity/use": "true"} == WORKLOAD_IDENTITY_POD_LABELS["azure"]
+    assert profiles["aws"].pod_labels == profiles["gcp"].pod_labels == {}
+
+    api, make = cluster
+    make(mode, pod_labels=profiles["azure"].pod_labels).set_routing(NAME, "3", "4", 10, force=True)
+    isvc = stored(api)
+    validate(isvc)
+    predictors = [isvc["spec"]["predictor"], *[c["predictor"] for c in isvc["spec"].get("canary", [])]]
+    assert len(predictors) == (2 if mode == STANDARD else 1)
+    assert all(p["labels"] == {"azure.workload.identity/use": "true"} for p in predictors)
 
 
 def test_the_webhook_rules_refuse_what_kserve_refuses():

@@ -50,9 +50,11 @@ CANARY_PREDICTOR = "canary"  # KServe's webhook requires each canary predictor t
 
 def predictor_spec(name: str, version: str, revision: Revision, *, image: str, tracking_uri: str,
                    service_account: str | None, storage_uris: dict[str, str], canary_traffic_percent: int | None = None,
-                   batching: dict | None = None, capture: dict | None = None, name_as: str | None = None) -> Any:
+                   batching: dict | None = None, capture: dict | None = None, name_as: str | None = None,
+                   pod_labels: dict[str, str] | None = None) -> Any:
     """Our runtime as a custom predictor container, pinned to one registered version and labelled with its revision;
-    `name_as` names the predictor (KServe requires a name on each canary predictor, and only there)."""
+    `name_as` names the predictor (KServe requires a name on each canary predictor, and only there); `pod_labels` go
+    on its pods (KServe copies a component's `labels` there), e.g. Azure's workload-identity opt-in."""
     from kserve import V1beta1PredictorSpec
     from kubernetes.client import V1Container, V1ContainerPort, V1EnvVar, V1ResourceRequirements
 
@@ -69,20 +71,21 @@ def predictor_spec(name: str, version: str, revision: Revision, *, image: str, t
         resources=V1ResourceRequirements(requests={"cpu": "500m", "memory": "1Gi"}, limits={"memory": "2Gi"}),
     )
     return V1beta1PredictorSpec(containers=[container], service_account_name=service_account, min_replicas=1,
-                                canary_traffic_percent=canary_traffic_percent, name=name_as)
+                                canary_traffic_percent=canary_traffic_percent, name=name_as, labels=pod_labels or None)
 
 
 def inference_service(name: str, stable: str, canary: str | None, canary_percent: int, *, namespace: str, image: str,
                       tracking_uri: str, storage_uris: dict[str, str], service_account: str | None = None,
                       mode: DeploymentMode = DeploymentMode.STANDARD, serverless_percent: int | None = None,
-                      lease: CanaryLease | None = None, batching: dict | None = None, capture: dict | None = None) -> Any:
+                      lease: CanaryLease | None = None, batching: dict | None = None, capture: dict | None = None,
+                      pod_labels: dict[str, str] | None = None) -> Any:
     """The whole InferenceService for one endpoint and its routing; the routing and the canary's lease are also kept
     in an annotation, where the lease reaper reads them."""
     from kserve import V1beta1CanarySpec, V1beta1InferenceService, V1beta1InferenceServiceSpec, constants
     from kubernetes.client import V1ObjectMeta
 
     common = {"image": image, "tracking_uri": tracking_uri, "service_account": service_account, "batching": batching,
-              "capture": capture, "storage_uris": storage_uris}
+              "capture": capture, "storage_uris": storage_uris, "pod_labels": pod_labels}
     if mode == DeploymentMode.STANDARD:
         spec = V1beta1InferenceServiceSpec(
             predictor=predictor_spec(name, stable, Revision.STABLE, **common),
@@ -127,8 +130,9 @@ class KServeServing(ServingBackend):
                  deployment_mode: DeploymentMode | str = DeploymentMode.STANDARD,
                  prometheus_url: str = "http://kube-prometheus-stack-prometheus.monitoring:9090",
                  base_url: str | None = None, kubeconfig: str | None = None, ready_timeout_s: int = 600,
-                 ready_poll_s: float = 5.0, capture_uri: str | None = None):
+                 ready_poll_s: float = 5.0, capture_uri: str | None = None, pod_labels: dict[str, str] | None = None):
         self.namespace, self.image, self.tracking_uri = namespace, image, tracking_uri
+        self.pod_labels = dict(pod_labels or {})  # on every predictor pod (the cloud's workload-identity opt-in)
         self.capture_uri = capture_uri  # the bucket path predictor pods write captured requests to
         self.service_account = service_account
         self.mode = DeploymentMode(deployment_mode)
@@ -169,7 +173,7 @@ class KServeServing(ServingBackend):
         versions = [v for v in (stable, canary) if v]
         isvc = inference_service(name, stable, canary, canary_percent, namespace=self.namespace, image=self.image,
                                  tracking_uri=self.tracking_uri, storage_uris=self.storage_uris(name, versions),
-                                 service_account=self.service_account,
+                                 service_account=self.service_account, pod_labels=self.pod_labels,
                                  mode=self.mode, serverless_percent=serverless_percent, lease=lease, batching=batching,
                                  capture=capture)
         if current is None:
