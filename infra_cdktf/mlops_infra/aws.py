@@ -211,7 +211,7 @@ class AwsEnvironment(TerraformStack):
                                           image_scanning_configuration={"scan_on_push": True},
                                           encryption_configuration=[{"encryptionType": "KMS", "kmsKey": key.arn}],
                                           force_delete=not env.deletion_protection)
-                      for name in ("mlops-serving", "mlops-dagster")}
+                      for name in ("mlops-serving", "mlops-dagster", "mlops-mlflow")}
         # A local, so the Helm values (JSON) hold a plain reference rather than an expression with quotes in it.
         # The registry prefix with the repositories' own path (`ACCOUNT.dkr.ecr.REGION.amazonaws.com/mlops-dev`), so that
         # `{registry}/mlops-serving` names the repository above.

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from cdktn import TerraformStack
 from cdktn_provider_helm.provider import HelmProvider
@@ -216,13 +217,23 @@ class PlatformStack(TerraformStack):
             "additionalInstanceConfig": {"concurrency": _deploy_manifests("dagster/instance.yaml")[0]["concurrency"]},
         }, after=["raw"])
         _, mlflow_sa = SERVICE_ACCOUNTS["mlflow"]
+        # The server from the platform's own image, at the clients' MLflow version (the chart's default image lags);
+        # its schema migration runs from the same image before each start, so a version bump upgrades the database.
+        mlflow_image = {"repository": f"{inputs.registry}/mlops-mlflow", "tag": env.image_tag}
         self.release("mlflow", {
+            "image": mlflow_image,
+            "initImages": {"mlflowDbMigration": mlflow_image},
             "serviceAccount": {"create": False, "name": mlflow_sa},
             "extraPodLabels": inputs.pod_identity_labels,
+            # The driver by name: SQLAlchemy 2.1 reads a bare `postgresql://` as psycopg 3, which the image has not.
             "backendStore": {"postgres": {"enabled": True, "host": inputs.database_host, "port": 5432,
-                                          "database": "mlflow", "user": DATABASE_ADMIN},
+                                          "database": "mlflow", "user": DATABASE_ADMIN, "driver": "psycopg2"},
+                             "databaseMigration": True,
                              "existingDatabaseSecret": {"name": "mlflow-db", "usernameKey": "username",
                                                         "passwordKey": "password"}},
+            # MLflow's server answers only Host headers it allows (localhost and private IPs by default): the
+            # in-cluster name the clients use must be listed, or every call from a run or a predictor gets a 403.
+            "extraArgs": {"allowedHosts": ",".join(MLFLOW_ALLOWED_HOSTS)},
             # Not proxied: clients read and write the bucket themselves, with their own workload identity, and the
             # server hands them the bucket URI (proxied storage would keep the artifacts inside the server's pod).
             "artifactRoot": {"defaultArtifactRoot": inputs.mlflow_artifact_root or storage_uris(inputs.object_root)["mlflow"],
@@ -256,6 +267,11 @@ MODELS_NAMESPACE, SERVING_ACCOUNT = SERVICE_ACCOUNTS["kserve"]
 PROMETHEUS_IN_CLUSTER = "http://kube-prometheus-stack-prometheus.monitoring.svc.cluster.local:9090"
 # Dagster's and MLflow's UIs have no login of their own: users reach them by `kubectl port-forward` only.
 MLFLOW_UI_FORWARDED = "http://127.0.0.1:5000"
+# The Host headers MLflow's server accepts: its in-cluster names (with and without the port the clients dial) and the
+# port-forwarded UI.
+_MLFLOW_HOST = urlsplit(MLFLOW_IN_CLUSTER).hostname
+MLFLOW_ALLOWED_HOSTS = (_MLFLOW_HOST, f"{_MLFLOW_HOST}:*", "mlflow.mlflow.svc", "mlflow.mlflow.svc:*", "localhost:*",
+                        "127.0.0.1:*")
 # The Gateway's Envoy service, its name fixed by the EnvoyProxy in deploy/gateway/ (Envoy Gateway would hash it).
 SERVING_GATEWAY_IN_CLUSTER = "http://kserve-gateway.envoy-gateway-system.svc.cluster.local"
 

@@ -14,7 +14,7 @@ from tests.support import REPO
 HADOLINT = Path(sys.executable).parent / "hadolint"
 
 
-@pytest.mark.parametrize("dockerfile", ["Dockerfile.serving", "Dockerfile.dagster"])
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.serving", "Dockerfile.dagster", "Dockerfile.mlflow"])
 def test_dockerfiles_lint_clean(dockerfile):
     result = subprocess.run([str(HADOLINT), "--failure-threshold", "info", str(REPO / "deploy" / dockerfile)],
                             capture_output=True, text=True, timeout=60)
