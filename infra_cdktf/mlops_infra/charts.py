@@ -33,7 +33,9 @@ CHARTS: dict[str, Chart] = {
                                    f"{GH}/prometheus-community/helm-charts/tree/kube-prometheus-stack-88.5.3"),
     "kyverno": Chart("https://kyverno.github.io/kyverno", "kyverno", "3.4.2", "kyverno"),
     "kyverno-policies": Chart("https://kyverno.github.io/kyverno", "kyverno-policies", "3.4.2", "kyverno"),
-    "external-secrets": Chart("https://charts.external-secrets.io", "external-secrets", "0.17.0", "external-secrets"),
+    # The `external-secrets.io/v1` API the platform's stores and secrets use; 0.17 is past support.
+    "external-secrets": Chart("https://charts.external-secrets.io", "external-secrets", "2.9.0", "external-secrets",
+                              f"{GH}/external-secrets/external-secrets/releases/tag/helm-chart-2.9.0"),
     "gpu-operator": Chart("https://helm.ngc.nvidia.com/nvidia", "gpu-operator", "v25.3.0", "gpu-operator"),
     "karpenter": Chart("oci://public.ecr.aws/karpenter", "karpenter", "1.14.1", "karpenter",
                        f"{GH}/aws/karpenter-provider-aws/releases/tag/v1.14.1"),

@@ -21,6 +21,10 @@ ENVOY_GATEWAY = "https://github.com/envoyproxy/gateway/blob/v1.9.0/charts/gatewa
 KUBE_PROMETHEUS_STACK = ("https://github.com/prometheus-community/helm-charts/blob/kube-prometheus-stack-88.5.3/charts/"
                          "kube-prometheus-stack")  # commit ea930baeebeb
 MLFLOW_CHART = "https://github.com/community-charts/helm-charts/blob/mlflow-1.11.5/charts/mlflow"  # commit 9d23d003453a
+# The chart's crds/ are links to pkg/apis/crds; its Chart.yaml at the tag still says 1.13.0 (the release sets the
+# version when it publishes), so only the CRDs and values.yaml are kept.
+KARPENTER = "https://github.com/aws/karpenter-provider-aws/blob/v1.14.1"  # commit bde00654cd31
+EXTERNAL_SECRETS = "https://github.com/external-secrets/external-secrets/blob/helm-chart-2.9.0"  # commit cc5bfbc2234a
 
 SOURCES = {
     "kserve-v0.20.0-serving.kserve.io_inferenceservices.yaml.gz":
@@ -37,6 +41,13 @@ SOURCES = {
     "mlflow-chart-1.11.5-values.yaml.gz": f"{MLFLOW_CHART}/values.yaml",
     "mlflow-chart-1.11.5-values.schema.json.gz": f"{MLFLOW_CHART}/values.schema.json",
     "mlflow-chart-1.11.5-Chart.yaml.gz": f"{MLFLOW_CHART}/Chart.yaml",
+    **{f"karpenter-1.14.1-{crd}.yaml.gz": f"{KARPENTER}/pkg/apis/crds/{crd}.yaml"
+       for crd in ("karpenter.sh_nodepools", "karpenter.k8s.aws_ec2nodeclasses")},
+    "karpenter-1.14.1-values.yaml.gz": f"{KARPENTER}/charts/karpenter/values.yaml",
+    **{f"external-secrets-2.9.0-{crd}.yaml.gz": f"{EXTERNAL_SECRETS}/config/crds/bases/{crd}.yaml"
+       for crd in ("external-secrets.io_externalsecrets", "external-secrets.io_clustersecretstores")},
+    **{f"external-secrets-2.9.0-{name}.gz": f"{EXTERNAL_SECRETS}/deploy/charts/external-secrets/{name}"
+       for name in ("values.yaml", "values.schema.json", "Chart.yaml")},
 }
 
 
@@ -88,12 +99,18 @@ CRDS = {
     ("monitoring.coreos.com/v1", "PodMonitor"): "kube-prometheus-stack-88.5.3-crd-podmonitors.yaml.gz",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "kube-prometheus-stack-88.5.3-crd-servicemonitors.yaml.gz",
     ("monitoring.coreos.com/v1", "PrometheusRule"): "kube-prometheus-stack-88.5.3-crd-prometheusrules.yaml.gz",
+    ("karpenter.sh/v1", "NodePool"): "karpenter-1.14.1-karpenter.sh_nodepools.yaml.gz",
+    ("karpenter.k8s.aws/v1", "EC2NodeClass"): "karpenter-1.14.1-karpenter.k8s.aws_ec2nodeclasses.yaml.gz",
+    ("external-secrets.io/v1", "ExternalSecret"): "external-secrets-2.9.0-external-secrets.io_externalsecrets.yaml.gz",
+    ("external-secrets.io/v1", "ClusterSecretStore"):
+        "external-secrets-2.9.0-external-secrets.io_clustersecretstores.yaml.gz",
 }
 
 
 # Release key in infra_cdktf's CHARTS → the prefix of its chart's upstream files here (`-Chart.yaml.gz`, `-values...`).
 CHART_FILES = {"kserve": "kserve-resources-v0.20.0", "mlflow": "mlflow-chart-1.11.5",
-               "kube-prometheus-stack": "kube-prometheus-stack-88.5.3"}
+               "kube-prometheus-stack": "kube-prometheus-stack-88.5.3", "karpenter": "karpenter-1.14.1",
+               "external-secrets": "external-secrets-2.9.0"}
 
 
 def validate_custom_resource(obj: dict) -> None:
