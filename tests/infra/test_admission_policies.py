@@ -10,6 +10,7 @@ import pytest
 from mlops_infra.policies import admission_policies
 from mlops_platform.core.canary import Revision
 from mlops_platform.integrations.serving.kserve import DeploymentMode, inference_service, predictor_spec
+from tests import upstream
 
 REGISTRY = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/mlops-dev"
 IMAGE = f"{REGISTRY}/mlops-serving:0.1.0"
@@ -18,9 +19,7 @@ IMAGE = f"{REGISTRY}/mlops-serving:0.1.0"
 def admits(policy: str, obj: dict) -> bool:
     [spec] = [p["spec"] for p in admission_policies(REGISTRY, enforce=True)
               if p["kind"] == "ValidatingAdmissionPolicy" and p["metadata"]["name"] == policy]
-    env = celpy.Environment()
-    results = [env.program(env.compile(v["expression"])).evaluate({"object": celpy.json_to_cel(obj)})
-               for v in spec["validations"]]
+    results = [upstream.cel_evaluate(v["expression"], {"object": obj}) for v in spec["validations"]]
     assert all(isinstance(r, celpy.celtypes.BoolType) for r in results), results  # an evaluation error is no verdict
     return all(bool(r) for r in results)
 

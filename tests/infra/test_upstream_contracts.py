@@ -67,6 +67,24 @@ def test_the_strict_schemas_refuse_a_misspelt_field():
         upstream.validate_custom_resource(gateway)
 
 
+def test_the_crds_own_cel_rules_refuse_what_the_api_server_refuses():
+    """Schemas alone miss what CRDs say in CEL (`x-kubernetes-validations`); those rules run here with cel-python and
+    Kubernetes' CEL libraries, after the schema's defaults, on every custom resource checked above. Two that a
+    schema cannot see: Karpenter reserves its own label domains, and knows only some AMI families."""
+    from mlops_infra.aws import karpenter_pools
+    from mlops_infra.config import ENVIRONMENTS
+
+    node_class, training, _ = karpenter_pools(ENVIRONMENTS["aws-dev"], "nodes")
+    evaluated = [v for obj in (node_class, training) for _, _, v in upstream.cel_rule_results(obj)]
+    assert len(evaluated) > 30 and all(v is True for v in evaluated)
+    training["spec"]["template"]["metadata"]["labels"]["karpenter.sh/team"] = "ml"
+    with pytest.raises(upstream.RuleViolation, match="/spec/template/metadata/labels"):
+        upstream.validate_custom_resource(training)
+    node_class["spec"]["amiSelectorTerms"] = [{"alias": "ubuntu@latest"}]
+    with pytest.raises(upstream.RuleViolation, match="amiSelectorTerms/0/alias"):
+        upstream.validate_custom_resource(node_class)
+
+
 def test_charts_are_pinned_under_their_upstream_names():
     """The chart name at the pinned version, e.g. KServe's controller chart is `kserve-resources` since 0.17."""
     for key, prefix in upstream.CHART_FILES.items():

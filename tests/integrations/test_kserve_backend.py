@@ -24,8 +24,9 @@ NAME, NS = "breast-cancer", "models"
 
 
 def validate(isvc: dict) -> None:
-    """KServe's CRD schema and webhook for the InferenceService, the Kubernetes schema for each predictor container."""
-    SCHEMA.validate({k: v for k, v in isvc.items() if k != "status"})
+    """KServe's CRD (schema and CEL rules) and webhook for the InferenceService, the Kubernetes schema for each
+    predictor container."""
+    upstream.validate_custom_resource({k: v for k, v in isvc.items() if k != "status"})
     assert canary_errors(isvc) is None, canary_errors(isvc)
     predictors = [isvc["spec"]["predictor"], *[c["predictor"] for c in isvc["spec"].get("canary", [])]]
     for predictor in predictors:

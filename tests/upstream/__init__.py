@@ -113,12 +113,20 @@ CHART_FILES = {"kserve": "kserve-resources-v0.20.0", "mlflow": "mlflow-chart-1.1
                "external-secrets": "external-secrets-2.9.0"}
 
 
+class RuleViolation(ValueError):
+    """A CRD's `x-kubernetes-validations` rule that the object breaks, or that could not be evaluated."""
+
+
 def validate_custom_resource(obj: dict) -> None:
-    """Validate one object against its upstream CRD (jsonschema.ValidationError where the API server would refuse)."""
+    """Validate one object against its upstream CRD as the API server does: the structural schema (strict; a
+    jsonschema.ValidationError), then each of the CRD's CEL rules (a RuleViolation)."""
     key = (obj["apiVersion"], obj["kind"])
     if key not in CRDS:
         raise KeyError(f"no upstream CRD recorded for {key}")
     crd_validator(CRDS[key], obj["apiVersion"].rsplit("/", 1)[1], obj["kind"]).validate(obj)
+    broken = [f"{path}: {rule} -> {verdict}" for path, rule, verdict in cel_rule_results(obj) if verdict is not True]
+    if broken:
+        raise RuleViolation(f"{obj['kind']} {obj['metadata'].get('name')}: " + "; ".join(broken))
 
 
 def chart_values_problems(defaults: dict, values: dict, path: str = "") -> list[str]:
@@ -132,3 +140,109 @@ def chart_values_problems(defaults: dict, values: dict, path: str = "") -> list[
         elif isinstance(value, dict) and isinstance(defaults[key], dict) and defaults[key]:
             problems += chart_values_problems(defaults[key], value, here)
     return problems
+
+
+@cache
+def _raw_crd_schema(name: str, version: str, kind: str) -> dict:
+    [crd] = [d for d in read(name) if d.get("kind") == "CustomResourceDefinition" and d["spec"]["names"]["kind"] == kind]
+    [served] = [v for v in crd["spec"]["versions"] if v["name"] == version]
+    return served["schema"]["openAPIV3Schema"]
+
+
+def with_defaults(value: Any, schema: dict) -> Any:
+    """The object as the API server stores it: each absent property that declares a `default` gets it, top down,
+    before validation (so the CRD's rules see what they will see in the cluster)."""
+    if isinstance(value, dict):
+        props = schema.get("properties")
+        if props is not None:
+            out = {k: with_defaults(v, props[k]) if k in props else v for k, v in value.items()}
+            for key, sub in props.items():
+                if key not in out and "default" in sub:
+                    out[key] = with_defaults(sub["default"], sub)
+            return out
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            return {k: with_defaults(v, extra) for k, v in value.items()}
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [with_defaults(v, schema["items"]) for v in value]
+    return value
+
+
+def _kubernetes_cel_functions() -> dict:
+    """The Kubernetes CEL libraries beyond standard CEL that upstream rules use, as the API server defines them: regex
+    (`find`, `findAll`) and extended strings (`split`, `join`, `lowerAscii`, `upperAscii`, `replace`, `indexOf`,
+    `lastIndexOf`, `trim`, `substring`). https://kubernetes.io/docs/reference/using-api/cel/"""
+    import re
+
+    from celpy import celtypes
+
+    def strings(values) -> celtypes.ListType:
+        return celtypes.ListType([celtypes.StringType(v) for v in values])
+
+    def split(s, sep, n=-1):
+        n = int(n)
+        return strings([] if n == 0 else s.split(sep) if n < 0 else s.split(sep, n - 1))
+
+    def find_all(s, rx, n=-1):
+        found = [m.group(0) for m in re.finditer(rx, s)]
+        return strings(found if int(n) < 0 else found[:int(n)])
+
+    def replace(s, old, new, n=-1):
+        return celtypes.StringType(s.replace(old, new, int(n)))
+
+    return {
+        "find": lambda s, rx: celtypes.StringType(m.group(0) if (m := re.search(rx, s)) else ""),
+        "findAll": find_all, "split": split, "replace": replace,
+        "join": lambda items, sep="": celtypes.StringType(sep.join(items)),
+        "lowerAscii": lambda s: celtypes.StringType(s.lower()), "upperAscii": lambda s: celtypes.StringType(s.upper()),
+        "indexOf": lambda s, sub, start=0: celtypes.IntType(s.find(sub, int(start))),
+        "lastIndexOf": lambda s, sub: celtypes.IntType(s.rfind(sub)),
+        "trim": lambda s: celtypes.StringType(s.strip()),
+        "substring": lambda s, start, end=None: celtypes.StringType(s[int(start):None if end is None else int(end)]),
+    }
+
+
+def cel_evaluate(expression: str, activation: dict) -> Any:
+    """One CEL expression with Kubernetes' libraries, over JSON values (`self`, `object`, ...)."""
+    import celpy
+
+    env = celpy.Environment()
+    program = env.program(env.compile(expression), functions=_kubernetes_cel_functions())
+    return program.evaluate({name: celpy.json_to_cel(value) for name, value in activation.items()})
+
+
+def cel_rule_results(obj: dict) -> list[tuple[str, str, bool | str]]:
+    """Every `x-kubernetes-validations` rule of the object's upstream CRD that applies to it, evaluated with
+    cel-python where the API server would evaluate it (on each field present, after defaulting): (path, rule,
+    True | False | "error: ..."). Transition rules (`oldSelf`) need an update and are left out."""
+    import celpy
+
+    key = (obj["apiVersion"], obj["kind"])
+    schema = _raw_crd_schema(CRDS[key], obj["apiVersion"].rsplit("/", 1)[1], obj["kind"])
+    results: list[tuple[str, str, bool | str]] = []
+
+    def walk(value: Any, node: dict, path: str) -> None:
+        for rule in node.get("x-kubernetes-validations", []):
+            if "oldSelf" in rule["rule"]:
+                continue
+            try:
+                outcome = cel_evaluate(rule["rule"], {"self": value})
+                verdict: bool | str = bool(outcome) if isinstance(outcome, celpy.celtypes.BoolType) else f"error: {outcome}"
+            except Exception as exc:  # a rule cel-python cannot evaluate is reported, never passed
+                verdict = f"error: {type(exc).__name__}: {exc}"
+            results.append((path or "/", rule["rule"], verdict))
+        if isinstance(value, dict):
+            props = node.get("properties")
+            if props is not None:
+                for k, v in value.items():
+                    if k in props:
+                        walk(v, props[k], f"{path}/{k}")
+            elif isinstance(node.get("additionalProperties"), dict):
+                for k, v in value.items():
+                    walk(v, node["additionalProperties"], f"{path}/{k}")
+        elif isinstance(value, list) and isinstance(node.get("items"), dict):
+            for i, v in enumerate(value):
+                walk(v, node["items"], f"{path}/{i}")
+
+    walk(with_defaults(obj, schema), schema, "")
+    return results
