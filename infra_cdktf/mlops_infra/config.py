@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from mlops_infra.ui_access import UiAccess
+
 Cloud = Literal["aws", "azure", "gcp"]
 Stage = Literal["dev", "prod"]
 
@@ -63,6 +65,7 @@ class Environment:
     gpu_accelerator: str = ""
     zones: tuple[str, ...] = field(default_factory=tuple)
     kubernetes_version: str = KUBERNETES_VERSION
+    ui_access: UiAccess | None = None  # browser access to the UIs behind an OIDC login (mlops_infra/ui_access.py)
 
     @property
     def name(self) -> str:
@@ -92,7 +95,7 @@ def _pair(cloud: Cloud, region: str, cidrs: tuple[str, str], zones: tuple[str, .
         gpu_pool=NodePool(machines["gpu"], 0, 2, spot=True, gpu=True),
         ha_control_plane=False, private_api_endpoint=False, deletion_protection=False, backup_retention_days=7,
         database_tier=machines["db_dev"], database_storage_gb=20, database_high_availability=False,
-        gpu_accelerator=accelerator,
+        gpu_accelerator=accelerator, ui_access=UiAccess.from_environment(cloud, "dev"),
     )
     prod = Environment(
         cloud=cloud, stage="prod", region=region, network_cidr=cidrs[1], zones=zones,
@@ -101,7 +104,7 @@ def _pair(cloud: Cloud, region: str, cidrs: tuple[str, str], zones: tuple[str, .
         gpu_pool=NodePool(machines["gpu"], 0, 8, spot=True, gpu=True),
         ha_control_plane=True, private_api_endpoint=True, deletion_protection=True, backup_retention_days=30,
         database_tier=machines["db_prod"], database_storage_gb=100, database_high_availability=True,
-        gpu_accelerator=accelerator,
+        gpu_accelerator=accelerator, ui_access=UiAccess.from_environment(cloud, "prod"),
     )
     return dev, prod
 

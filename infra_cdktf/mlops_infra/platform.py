@@ -28,6 +28,7 @@ from mlops_infra.config import DATABASE_ADMIN, GPU_TAINT_KEY, SERVICE_ACCOUNTS, 
 from mlops_infra.dashboards import dashboard_config_maps
 from mlops_infra.outputs import MLFLOW_IN_CLUSTER
 from mlops_infra.policies import admission_policies
+from mlops_infra.ui_access import ui_access_objects
 
 DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy"
 
@@ -192,6 +193,10 @@ class PlatformStack(TerraformStack):
                                            *admission_policies(inputs.registry, enforce=env.stage == "prod")]},
                      name="platform-manifests", after=["external-secrets"])
 
+        if env.ui_access:  # off by default: the UIs are port-forwarded
+            self.release("ui-access", {"resources": ui_access_objects(env.ui_access, env.name)}, chart="raw",
+                         name="platform-ui-access", after=["gateway", "cert-manager", "raw"])
+
         _, dagster_sa = SERVICE_ACCOUNTS["dagster"]
         run_env = self.run_env = run_environment(env, inputs)
         self.release("dagster", {
@@ -233,7 +238,8 @@ class PlatformStack(TerraformStack):
                                                         "passwordKey": "password"}},
             # MLflow's server answers only Host headers it allows (localhost and private IPs by default): the
             # in-cluster name the clients use must be listed, or every call from a run or a predictor gets a 403.
-            "extraArgs": {"allowedHosts": ",".join(MLFLOW_ALLOWED_HOSTS)},
+            "extraArgs": {"allowedHosts": ",".join(
+                (*MLFLOW_ALLOWED_HOSTS, *([env.ui_access.host("mlflow")] if env.ui_access else [])))},
             # Not proxied: clients read and write the bucket themselves, with their own workload identity, and the
             # server hands them the bucket URI (proxied storage would keep the artifacts inside the server's pod).
             "artifactRoot": {"defaultArtifactRoot": inputs.mlflow_artifact_root or storage_uris(inputs.object_root)["mlflow"],
@@ -265,7 +271,8 @@ STORAGE_FOLDERS = {"landing": "landing", "quarantine": "quarantine", "capture": 
                    "mlflow": "mlflow"}
 MODELS_NAMESPACE, SERVING_ACCOUNT = SERVICE_ACCOUNTS["kserve"]
 PROMETHEUS_IN_CLUSTER = "http://kube-prometheus-stack-prometheus.monitoring.svc.cluster.local:9090"
-# Dagster's and MLflow's UIs have no login of their own: users reach them by `kubectl port-forward` only.
+# Dagster's and MLflow's UIs have no login of their own: users reach them by `kubectl port-forward`, or through an
+# OIDC login where UI access is configured (mlops_infra/ui_access.py).
 MLFLOW_UI_FORWARDED = "http://127.0.0.1:5000"
 # The Host headers MLflow's server accepts: its in-cluster names (with and without the port the clients dial) and the
 # port-forwarded UI.
@@ -293,7 +300,7 @@ def run_environment(env: Environment, inputs: PlatformInputs) -> dict[str, str]:
     return {
         "MLOPS_PROFILE": env.cloud,
         "MLFLOW_TRACKING_URI": MLFLOW_IN_CLUSTER,
-        "MLOPS_MLFLOW_UI_URL": MLFLOW_UI_FORWARDED,
+        "MLOPS_MLFLOW_UI_URL": f"https://{env.ui_access.host('mlflow')}" if env.ui_access else MLFLOW_UI_FORWARDED,
         **{f"MLOPS_{prefix.upper()}_URI": uris[prefix] for prefix in ("landing", "quarantine", "capture", "io")},
         "MLOPS_KSERVE_NAMESPACE": MODELS_NAMESPACE,
         "MLOPS_KSERVE_SERVICE_ACCOUNT": SERVING_ACCOUNT,

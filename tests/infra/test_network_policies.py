@@ -34,9 +34,9 @@ def peer_matches(peer: dict, policy_namespace: str, source_namespace: str, sourc
     return selects(peer.get("podSelector") or {}, source_labels)
 
 
-def allowed(source: tuple[str, dict], destination: tuple[str, dict], port: int) -> bool:
+def allowed(source: tuple[str, dict], destination: tuple[str, dict], port: int, policies: list[dict] = POLICIES) -> bool:
     (src_ns, src_labels), (dst_ns, dst_labels) = source, destination
-    selected = [p for p in POLICIES if p["metadata"]["namespace"] == dst_ns
+    selected = [p for p in policies if p["metadata"]["namespace"] == dst_ns
                 and "Ingress" in p["spec"].get("policyTypes", ["Ingress"]) and selects(p["spec"]["podSelector"], dst_labels)]
     if not selected:
         return True
@@ -56,6 +56,7 @@ ENVOY = ("envoy-gateway-system", {"app.kubernetes.io/name": "envoy"})
 PROMETHEUS = ("monitoring", {"app.kubernetes.io/name": "prometheus"})
 RUN_POD = ("dagster", {"dagster/run-id": "r1"})
 DAEMON = ("dagster", {"component": "dagster-daemon"})
+WEBSERVER = ("dagster", {"component": "dagster-webserver"})
 STRANGER = ("default", {"app": "anything"})
 
 
@@ -70,7 +71,7 @@ def test_the_flows_the_platform_needs_are_allowed(source, destination, port):
 
 @pytest.mark.parametrize(("source", "destination", "port"), [
     (STRANGER, MODEL_SERVER, 8080), (STRANGER, MLFLOW, 5000), (STRANGER, CODE_SERVER, 3030),
-    (ENVOY, MLFLOW, 5000), (ENVOY, CODE_SERVER, 3030), (MODEL_SERVER, CODE_SERVER, 3030),
+    (ENVOY, MLFLOW, 5000), (ENVOY, CODE_SERVER, 3030), (ENVOY, WEBSERVER, 80), (MODEL_SERVER, CODE_SERVER, 3030),
     (RUN_POD, MODEL_SERVER, 9000), (MODEL_SERVER, MODEL_SERVER, 8080),
 ])
 def test_everything_else_is_denied(source, destination, port):

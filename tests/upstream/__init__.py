@@ -25,6 +25,7 @@ MLFLOW_CHART = "https://github.com/community-charts/helm-charts/blob/mlflow-1.11
 # version when it publishes), so only the CRDs and values.yaml are kept.
 KARPENTER = "https://github.com/aws/karpenter-provider-aws/blob/v1.14.1"  # commit bde00654cd31
 EXTERNAL_SECRETS = "https://github.com/external-secrets/external-secrets/blob/helm-chart-2.9.0"  # commit cc5bfbc2234a
+CERT_MANAGER = "https://github.com/cert-manager/cert-manager/blob/v1.21.1"  # commit 24e33194fb39
 
 SOURCES = {
     "kserve-v0.20.0-serving.kserve.io_inferenceservices.yaml.gz":
@@ -32,8 +33,11 @@ SOURCES = {
     "kserve-resources-v0.20.0-values.yaml.gz": f"{KSERVE}/kserve-resources/values.yaml",
     "kserve-resources-v0.20.0-Chart.yaml.gz": f"{KSERVE}/kserve-resources/Chart.yaml",
     "envoy-gateway-v1.9.0-gatewayapi-crds.yaml.gz": f"{ENVOY_GATEWAY}/charts/crds/crds/gatewayapi-crds.yaml",
-    "envoy-gateway-v1.9.0-gateway.envoyproxy.io_envoyproxies.yaml.gz":
-        f"{ENVOY_GATEWAY}/charts/crds/crds/generated/gateway.envoyproxy.io_envoyproxies.yaml",
+    **{f"envoy-gateway-v1.9.0-gateway.envoyproxy.io_{crd}.yaml.gz":
+       f"{ENVOY_GATEWAY}/charts/crds/crds/generated/gateway.envoyproxy.io_{crd}.yaml"
+       for crd in ("envoyproxies", "securitypolicies")},
+    # The chart's templates/crd-cert-manager.io_certificates.yaml is this file inside Helm conditionals.
+    "cert-manager-v1.21.1-cert-manager.io_certificates.yaml.gz": f"{CERT_MANAGER}/deploy/crds/cert-manager.io_certificates.yaml",
     **{f"kube-prometheus-stack-88.5.3-crd-{kind}.yaml.gz": f"{KUBE_PROMETHEUS_STACK}/charts/crds/crds/crd-{kind}.yaml"
        for kind in ("podmonitors", "servicemonitors", "prometheusrules")},
     "kube-prometheus-stack-88.5.3-values.yaml.gz": f"{KUBE_PROMETHEUS_STACK}/values.yaml",
@@ -96,6 +100,9 @@ CRDS = {
     **{("gateway.networking.k8s.io/v1", kind): "envoy-gateway-v1.9.0-gatewayapi-crds.yaml.gz"
        for kind in ("GatewayClass", "Gateway", "HTTPRoute")},
     ("gateway.envoyproxy.io/v1alpha1", "EnvoyProxy"): "envoy-gateway-v1.9.0-gateway.envoyproxy.io_envoyproxies.yaml.gz",
+    ("gateway.envoyproxy.io/v1alpha1", "SecurityPolicy"):
+        "envoy-gateway-v1.9.0-gateway.envoyproxy.io_securitypolicies.yaml.gz",
+    ("cert-manager.io/v1", "Certificate"): "cert-manager-v1.21.1-cert-manager.io_certificates.yaml.gz",
     ("monitoring.coreos.com/v1", "PodMonitor"): "kube-prometheus-stack-88.5.3-crd-podmonitors.yaml.gz",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "kube-prometheus-stack-88.5.3-crd-servicemonitors.yaml.gz",
     ("monitoring.coreos.com/v1", "PrometheusRule"): "kube-prometheus-stack-88.5.3-crd-prometheusrules.yaml.gz",
