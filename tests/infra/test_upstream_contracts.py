@@ -140,6 +140,53 @@ def test_the_output_contract_points_at_the_services_the_charts_create(synthesize
         assert kserve["className"] == gateway["spec"]["gatewayClassName"] and kserve["createGateway"] is False
 
 
+def _mlflow_pod_labels() -> dict[str, str]:
+    """The labels the pinned MLflow chart puts on its pods: `mlflow.selectorLabels` in its _helpers.tpl, rendered for
+    our release (name `mlflow`, no nameOverride, so `mlflow.name` is the chart's name)."""
+    import re
+
+    helpers = upstream.read_text("mlflow-chart-1.11.5-_helpers.tpl.gz")
+    [body] = re.findall(r'define "mlflow.selectorLabels" -}}\n(.*?)\n{{- end }}', helpers, re.S)
+    [chart] = upstream.read("mlflow-chart-1.11.5-Chart.yaml.gz")
+    rendered = body.replace('{{ include "mlflow.name" . }}', chart["name"]).replace("{{ .Release.Name }}", "mlflow")
+    assert "{{" not in rendered, rendered
+    return dict(line.split(": ", 1) for line in rendered.splitlines())
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    from tests.infra.test_network_policies import selects
+
+    return selects(selector, labels)
+
+
+def test_selectors_pick_the_pods_the_charts_and_kserve_label(synthesized):
+    """A PodDisruptionBudget, PodMonitor or NetworkPolicy whose selector matches no pod does nothing, silently.
+    MLflow's pods carry the chart's selector labels; a predictor pod carries its InferenceService's labels (KServe
+    v0.20.0 unions them into the pod's metadata: buildObjectMeta in
+    pkg/controller/v1beta1/inferenceservice/components/predictor.go); Dagster's webserver and daemon carry
+    `component: dagster-webserver` / `dagster-daemon` (the chart's deployment templates)."""
+    from kubernetes.client import ApiClient
+
+    from mlops_platform.integrations.serving.kserve import inference_service
+
+    isvc = ApiClient().sanitize_for_serialization(inference_service(
+        "churn", "1", "2", 10, namespace="models", image="i", tracking_uri="t", storage_uris={"1": "s3://a", "2": "s3://b"}))
+    pods = {"models": isvc["metadata"]["labels"], "mlflow": _mlflow_pod_labels(),
+            "dagster": {"component": "dagster-webserver"}}
+    objects = deploy_objects() + [o for o in values(releases(synthesized["aws-dev"])["platform-manifests"])["resources"]
+                                  if o["kind"] in ("NetworkPolicy", "PodDisruptionBudget")]
+    checked = 0
+    for obj in objects:
+        namespace = obj["metadata"].get("namespace")
+        selector = (obj["spec"].get("selector") if obj["kind"] in ("PodDisruptionBudget", "PodMonitor")
+                    else obj["spec"].get("podSelector") if obj["kind"] == "NetworkPolicy" else None)
+        if selector in (None, {}) or namespace not in pods:
+            continue
+        assert _selects(selector, pods[namespace]), (obj["kind"], obj["metadata"]["name"], pods[namespace])
+        checked += 1
+    assert checked >= 4
+
+
 def test_the_uis_without_a_login_are_never_exposed(synthesized):
     """Dagster's and MLflow's UIs have no login: port-forward only. No Service of type LoadBalancer or NodePort,
     no Ingress or route for them, anywhere in what we deploy."""

@@ -45,6 +45,7 @@ SOURCES = {
     "mlflow-chart-1.11.5-values.yaml.gz": f"{MLFLOW_CHART}/values.yaml",
     "mlflow-chart-1.11.5-values.schema.json.gz": f"{MLFLOW_CHART}/values.schema.json",
     "mlflow-chart-1.11.5-Chart.yaml.gz": f"{MLFLOW_CHART}/Chart.yaml",
+    "mlflow-chart-1.11.5-_helpers.tpl.gz": f"{MLFLOW_CHART}/templates/_helpers.tpl",
     **{f"karpenter-1.14.1-{crd}.yaml.gz": f"{KARPENTER}/pkg/apis/crds/{crd}.yaml"
        for crd in ("karpenter.sh_nodepools", "karpenter.k8s.aws_ec2nodeclasses")},
     "karpenter-1.14.1-values.yaml.gz": f"{KARPENTER}/charts/karpenter/values.yaml",
@@ -53,6 +54,14 @@ SOURCES = {
     **{f"external-secrets-2.9.0-{name}.gz": f"{EXTERNAL_SECRETS}/deploy/charts/external-secrets/{name}"
        for name in ("values.yaml", "values.schema.json", "Chart.yaml")},
 }
+
+
+def read_text(name: str) -> str:
+    """A recorded file as text (a Helm template is not YAML)."""
+    if name not in SOURCES:
+        raise KeyError(f"{name} is not a recorded upstream file; add it to SOURCES with its URL and version")
+    with gzip.open(HERE / name, "rt") as fh:
+        return fh.read()
 
 
 def read(name: str) -> list[Any]:
