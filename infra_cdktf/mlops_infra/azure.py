@@ -1,5 +1,5 @@
 """Azure environment: VNet, AKS with KEDA and the cluster autoscaler, Storage, PostgreSQL Flexible Server, ACR,
-Azure Workload Identity, Key Vault, platform layer."""
+Azure Workload Identity, Key Vault; the platform stack goes on top."""
 
 from __future__ import annotations
 

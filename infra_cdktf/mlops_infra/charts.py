@@ -1,4 +1,4 @@
-"""Every Helm chart the platform layer installs, with its pinned version: the one place to bump a version."""
+"""Every Helm chart the platform stack installs, with its pinned version: the one place to bump a version."""
 
 from __future__ import annotations
 

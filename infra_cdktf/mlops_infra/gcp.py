@@ -1,5 +1,5 @@
 """GCP environment: VPC, GKE with node auto-provisioning, GCS, Cloud SQL PostgreSQL, Artifact Registry,
-Workload Identity Federation for GKE, Secret Manager, platform layer."""
+Workload Identity Federation for GKE, Secret Manager; the platform stack goes on top."""
 
 from __future__ import annotations
 

@@ -58,7 +58,7 @@ class ClusterAccess:
 
 @dataclass
 class ExtraRelease:
-    """A cloud's own chart on top of the shared ones (Karpenter on AWS), as `PlatformLayer.release` takes it."""
+    """A cloud's own chart on top of the shared ones (Karpenter on AWS), as `PlatformStack.release` takes it."""
 
     key: str
     values: dict
@@ -276,9 +276,8 @@ PROMETHEUS_IN_CLUSTER = "http://kube-prometheus-stack-prometheus.monitoring.svc.
 MLFLOW_UI_FORWARDED = "http://127.0.0.1:5000"
 # The Host headers MLflow's server accepts: its in-cluster names (with and without the port the clients dial) and the
 # port-forwarded UI.
-_MLFLOW_HOST = urlsplit(MLFLOW_IN_CLUSTER).hostname
-MLFLOW_ALLOWED_HOSTS = (_MLFLOW_HOST, f"{_MLFLOW_HOST}:*", "mlflow.mlflow.svc", "mlflow.mlflow.svc:*", "localhost:*",
-                        "127.0.0.1:*")
+_MLFLOW_HOSTS = (urlsplit(MLFLOW_IN_CLUSTER).hostname, urlsplit(MLFLOW_IN_CLUSTER).hostname.removesuffix(".cluster.local"))
+MLFLOW_ALLOWED_HOSTS = (*_MLFLOW_HOSTS, *[f"{host}:*" for host in _MLFLOW_HOSTS], "localhost:*", "127.0.0.1:*")
 # The Gateway's Envoy service, its name fixed by the EnvoyProxy in deploy/gateway/ (Envoy Gateway would hash it).
 SERVING_GATEWAY_IN_CLUSTER = "http://kserve-gateway.envoy-gateway-system.svc.cluster.local"
 
