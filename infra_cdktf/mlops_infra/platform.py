@@ -154,8 +154,8 @@ class PlatformStack(TerraformStack):
             "validationFailureAction": "Enforce" if env.stage == "prod" else "Audit",
             # The GPU operator's DaemonSets and node-exporter need the host (privileged, host paths, namespaces and
             # ports) by design: enforced, these policies would keep GPUs and node metrics from ever coming up.
-            "policyExclude": {policy: {"any": [{"resources": {"kinds": ["Pod"], "namespaces": list(HOST_NAMESPACES)}}]}
-                              for policy in HOST_POLICIES},
+            # The chart installs CEL ValidatingPolicies; `policyExclude` would apply to its legacy ClusterPolicies only.
+            "vpolExcludeByPolicy": {policy: {"excludeNamespaces": list(HOST_NAMESPACES)} for policy in HOST_POLICIES},
         }, after=["kyverno"])
         self.release("external-secrets", {"installCRDs": True, "podLabels": inputs.pod_identity_labels})
         self.release("gpu-operator", {

@@ -140,6 +140,26 @@ def test_the_output_contract_points_at_the_services_the_charts_create(synthesize
         assert kserve["className"] == gateway["spec"]["gatewayClassName"] and kserve["createGateway"] is False
 
 
+def test_the_host_access_exemptions_reach_the_policies_kyverno_installs(synthesized):
+    """kyverno-policies 3.9.0 installs CEL ValidatingPolicies by default (`policyType`), which read their exclusions
+    from `vpolExcludeByPolicy.<policy name>`; `policyExclude` feeds only the legacy ClusterPolicies. Each policy we
+    exempt the GPU operator and node-exporter from is a baseline template of the pinned chart under that name, and
+    that template turns the entry into its match conditions."""
+    from mlops_infra.platform import HOST_NAMESPACES, HOST_POLICIES
+
+    [defaults] = upstream.read("kyverno-policies-3.9.0-values.yaml.gz")
+    assert defaults["policyType"] == "ValidatingPolicy"
+    for policy in HOST_POLICIES:
+        template = upstream.read_text(f"kyverno-policies-3.9.0-baseline-{policy}.cel.yaml.gz")
+        assert f'{{{{- $name := "{policy}" }}}}' in template and "kind: ValidatingPolicy" in template
+        assert 'include "kyverno-policies.policyVpolExclude" (dict "name" $name "values" .Values)' in template
+        assert 'include "kyverno-policies.vpolExcludeMatchConditions"' in template
+    for stack_id, doc in synthesized.items():
+        ours = values(releases(doc)["kyverno-policies"])
+        assert "policyType" not in ours, stack_id
+        assert ours["vpolExcludeByPolicy"] == {p: {"excludeNamespaces": list(HOST_NAMESPACES)} for p in HOST_POLICIES}
+
+
 def _mlflow_pod_labels() -> dict[str, str]:
     """The labels the pinned MLflow chart puts on its pods: `mlflow.selectorLabels` in its _helpers.tpl, rendered for
     our release (name `mlflow`, no nameOverride, so `mlflow.name` is the chart's name)."""

@@ -26,6 +26,10 @@ MLFLOW_CHART = "https://github.com/community-charts/helm-charts/blob/mlflow-1.11
 KARPENTER = "https://github.com/aws/karpenter-provider-aws/blob/v1.14.1"  # commit bde00654cd31
 EXTERNAL_SECRETS = "https://github.com/external-secrets/external-secrets/blob/helm-chart-2.9.0"  # commit cc5bfbc2234a
 CERT_MANAGER = "https://github.com/cert-manager/cert-manager/blob/v1.21.1"  # commit 24e33194fb39
+KYVERNO = "https://github.com/kyverno/kyverno/blob/v1.19.0/charts"  # commit ee97ce09538b; charts 3.9.0
+GPU_OPERATOR = "https://github.com/NVIDIA/gpu-operator/blob/v26.7.0/deployments/gpu-operator"  # commit 10ee5b3638b8
+# cert-manager's and the GPU operator's Chart.yaml at their tags carry placeholder versions (set when published):
+# only their values are kept.
 
 SOURCES = {
     "kserve-v0.20.0-serving.kserve.io_inferenceservices.yaml.gz":
@@ -38,6 +42,15 @@ SOURCES = {
        for crd in ("envoyproxies", "securitypolicies")},
     # The chart's templates/crd-cert-manager.io_certificates.yaml is this file inside Helm conditionals.
     "cert-manager-v1.21.1-cert-manager.io_certificates.yaml.gz": f"{CERT_MANAGER}/deploy/crds/cert-manager.io_certificates.yaml",
+    **{f"cert-manager-v1.21.1-{name}.gz": f"{CERT_MANAGER}/deploy/charts/cert-manager/{name}"
+       for name in ("values.yaml", "values.schema.json")},
+    **{f"{chart}-3.9.0-{name}.gz": f"{KYVERNO}/{chart}/{name}"
+       for chart in ("kyverno", "kyverno-policies") for name in ("values.yaml", "Chart.yaml")},
+    # The baseline policies the platform exempts the GPU operator and node-exporter from.
+    **{f"kyverno-policies-3.9.0-baseline-{policy}.cel.yaml.gz": f"{KYVERNO}/kyverno-policies/templates/baseline/{policy}.cel.yaml"
+       for policy in ("disallow-privileged-containers", "disallow-host-path", "disallow-host-namespaces",
+                      "disallow-host-ports", "disallow-capabilities")},
+    "gpu-operator-v26.7.0-values.yaml.gz": f"{GPU_OPERATOR}/values.yaml",
     **{f"kube-prometheus-stack-88.5.3-crd-{kind}.yaml.gz": f"{KUBE_PROMETHEUS_STACK}/charts/crds/crds/crd-{kind}.yaml"
        for kind in ("podmonitors", "servicemonitors", "prometheusrules")},
     "kube-prometheus-stack-88.5.3-values.yaml.gz": f"{KUBE_PROMETHEUS_STACK}/values.yaml",
@@ -126,7 +139,9 @@ CRDS = {
 # Release key in infra_cdktf's CHARTS → the prefix of its chart's upstream files here (`-Chart.yaml.gz`, `-values...`).
 CHART_FILES = {"kserve": "kserve-resources-v0.20.0", "mlflow": "mlflow-chart-1.11.5",
                "kube-prometheus-stack": "kube-prometheus-stack-88.5.3", "karpenter": "karpenter-1.14.1",
-               "external-secrets": "external-secrets-2.9.0"}
+               "external-secrets": "external-secrets-2.9.0", "cert-manager": "cert-manager-v1.21.1",
+               "kyverno": "kyverno-3.9.0", "kyverno-policies": "kyverno-policies-3.9.0",
+               "gpu-operator": "gpu-operator-v26.7.0"}
 
 
 class RuleViolation(ValueError):
