@@ -48,5 +48,6 @@ CHARTS: dict[str, Chart] = {
     "mlflow": Chart("https://community-charts.github.io/helm-charts", "mlflow", "1.11.5", "mlflow",
                     f"{GH}/community-charts/helm-charts/tree/mlflow-1.11.5/charts/mlflow"),
     # Plain manifests (secret stores, node pools, gateways) through Helm, so a plan never needs their CRDs yet.
-    "raw": Chart("https://bedag.github.io/helm-charts", "raw", "2.0.0", "kube-system"),
+    "raw": Chart("https://bedag.github.io/helm-charts", "raw", "2.0.0", "kube-system",
+                 f"{GH}/bedag/helm-charts/tree/raw-2.0.0/charts/raw"),
 }

@@ -60,6 +60,20 @@ def test_every_object_the_stacks_apply_is_valid_against_its_upstream_schema(synt
             kubernetes_validate.validate(obj, "1.33", strict=True)
 
 
+def test_every_namespaced_object_the_raw_chart_applies_names_its_namespace(synthesized):
+    """bedag's raw chart (2.0.0) renders each of `resources` as given: a namespaced object without a namespace lands
+    in the release's namespace (kube-system), where no policy, route or workload of ours would find it. Scope comes
+    from each custom kind's upstream CRD."""
+    template = upstream.read_text("raw-2.0.0-resources.yaml.gz")
+    assert "range $.Values.resources" in template and "namespace" not in template
+    for stack_id, doc in synthesized.items():
+        installed = releases(doc)
+        for name in RAW_RELEASES:
+            for obj in values(installed[name])["resources"] if name in installed else []:
+                assert bool(obj["metadata"].get("namespace")) is upstream.namespaced(obj), (stack_id, name, obj["kind"],
+                                                                                          obj["metadata"]["name"])
+
+
 def test_the_strict_schemas_refuse_a_misspelt_field():
     [gateway] = [o for o in deploy_objects() if o["kind"] == "Gateway"]
     gateway["spec"]["listeners"][0]["allowedRoute"] = gateway["spec"]["listeners"][0].pop("allowedRoutes")
@@ -102,7 +116,9 @@ def test_every_value_we_set_is_a_key_of_the_pinned_chart(synthesized, key):
     prefix = upstream.CHART_FILES[key]
     [defaults] = upstream.read(f"{prefix}-values.yaml.gz")
     schema = upstream.read(f"{prefix}-values.schema.json.gz")[0] if f"{prefix}-values.schema.json.gz" in upstream.SOURCES else None
-    installed = [(stack_id, releases(doc)[key]) for stack_id, doc in synthesized.items() if key in releases(doc)]
+    chart = CHARTS[key]
+    installed = [(stack_id, release) for stack_id, doc in synthesized.items() for release in releases(doc).values()
+                 if (release["repository"], release["chart"]) == (chart.repository, chart.chart)]
     assert installed
     for stack_id, release in installed:
         ours = values(release)

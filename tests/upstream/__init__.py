@@ -28,6 +28,7 @@ EXTERNAL_SECRETS = "https://github.com/external-secrets/external-secrets/blob/he
 CERT_MANAGER = "https://github.com/cert-manager/cert-manager/blob/v1.21.1"  # commit 24e33194fb39
 KYVERNO = "https://github.com/kyverno/kyverno/blob/v1.19.0/charts"  # commit ee97ce09538b; charts 3.9.0
 GPU_OPERATOR = "https://github.com/NVIDIA/gpu-operator/blob/v26.7.0/deployments/gpu-operator"  # commit 10ee5b3638b8
+RAW = "https://github.com/bedag/helm-charts/blob/raw-2.0.0/charts/raw"  # commit d6ff461383b6
 # cert-manager's and the GPU operator's Chart.yaml at their tags carry placeholder versions (set when published):
 # only their values are kept.
 
@@ -51,6 +52,8 @@ SOURCES = {
        for policy in ("disallow-privileged-containers", "disallow-host-path", "disallow-host-namespaces",
                       "disallow-host-ports", "disallow-capabilities")},
     "gpu-operator-v26.7.0-values.yaml.gz": f"{GPU_OPERATOR}/values.yaml",
+    # The chart that applies our own manifests: it renders each of `resources` as given, namespace and all.
+    **{f"raw-2.0.0-{Path(name).name}.gz": f"{RAW}/{name}" for name in ("values.yaml", "Chart.yaml", "templates/resources.yaml")},
     **{f"kube-prometheus-stack-88.5.3-crd-{kind}.yaml.gz": f"{KUBE_PROMETHEUS_STACK}/charts/crds/crds/crd-{kind}.yaml"
        for kind in ("podmonitors", "servicemonitors", "prometheusrules")},
     "kube-prometheus-stack-88.5.3-values.yaml.gz": f"{KUBE_PROMETHEUS_STACK}/values.yaml",
@@ -141,11 +144,23 @@ CHART_FILES = {"kserve": "kserve-resources-v0.20.0", "mlflow": "mlflow-chart-1.1
                "kube-prometheus-stack": "kube-prometheus-stack-88.5.3", "karpenter": "karpenter-1.14.1",
                "external-secrets": "external-secrets-2.9.0", "cert-manager": "cert-manager-v1.21.1",
                "kyverno": "kyverno-3.9.0", "kyverno-policies": "kyverno-policies-3.9.0",
-               "gpu-operator": "gpu-operator-v26.7.0"}
+               "gpu-operator": "gpu-operator-v26.7.0", "raw": "raw-2.0.0"}
 
 
 class RuleViolation(ValueError):
     """A CRD's `x-kubernetes-validations` rule that the object breaks, or that could not be evaluated."""
+
+
+def namespaced(obj: dict) -> bool:
+    """Whether the object's kind lives in a namespace: a custom kind's CRD says so (`spec.scope`); of the built-in
+    kinds the platform creates, the admission policies and their bindings are cluster-wide."""
+    key = (obj["apiVersion"], obj["kind"])
+    if key in CRDS:
+        [crd] = [d for d in read(CRDS[key]) if d.get("kind") == "CustomResourceDefinition"
+                 and d["spec"]["names"]["kind"] == obj["kind"]]
+        return crd["spec"]["scope"] == "Namespaced"
+    return obj["kind"] not in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "ClusterRole",
+                               "ClusterRoleBinding", "Namespace", "StorageClass", "PriorityClass")
 
 
 def validate_custom_resource(obj: dict) -> None:
