@@ -66,12 +66,14 @@ def _ensure_free(name: str, port: int) -> None:
             raise EmulatorUnavailable(f"{name}: port {port} on 127.0.0.1 is taken ({exc.strerror})") from None
 
 
-def _start(name: str, command: list[str], ready_url: str, log: Path, timeout: float = 30.0) -> subprocess.Popen:
+def start_server(name: str, command: list[str], ready_url: str, log: Path, timeout: float = 30.0,
+                 env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A server process in its own session, once `ready_url` answers; a clear EmulatorUnavailable otherwise."""
     if shutil.which(command[0]) is None and not Path(command[0]).exists():
         raise EmulatorUnavailable(f"{name}: {command[0]} is not installed (make install puts it in .venv)")
     _ensure_free(name, urlparse(ready_url).port)
     with open(log, "ab") as out:  # the child keeps its own descriptor
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -95,7 +97,7 @@ def s3_server(workdir: Path, port: int | None = None) -> Iterator[Emulator]:
     """moto's standalone S3 server; credentials and endpoint as environment variables, as in the cloud."""
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
-    process = _start("moto S3 server", [_bin("moto_server"), "-H", "127.0.0.1", "-p", str(port)], url,
+    process = start_server("moto S3 server", [_bin("moto_server"), "-H", "127.0.0.1", "-p", str(port)], url,
                      workdir / "moto.log")
     emulator = Emulator("s3", url, {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing",
                                     "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
@@ -111,7 +113,7 @@ def gcs_server(workdir: Path) -> Iterator[Emulator]:
     """gcp-storage-emulator, in memory; clients find it through STORAGE_EMULATOR_HOST, as Google's SDKs do."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    process = _start("GCS emulator", [_bin("gcp-storage-emulator"), "start", "--host", "127.0.0.1", "--port", str(port),
+    process = start_server("GCS emulator", [_bin("gcp-storage-emulator"), "start", "--host", "127.0.0.1", "--port", str(port),
                                       "--in-memory", "--default-bucket", "mlops-test"], url, workdir / "gcs.log")
     # NO_GCE_CHECK: no metadata server to probe for credentials here (the probe times out, off GCE, on every call).
     emulator = Emulator("gcs", url, {"STORAGE_EMULATOR_HOST": url, "GOOGLE_CLOUD_PROJECT": "mlops-test",
@@ -182,7 +184,7 @@ def azure_server(workdir: Path) -> Iterator[Emulator]:
     are what can be tested here; `abfss://` against a real account is left to the cloud."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"
-    process = _start("Azurite", [str(AZURITE_BIN), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location",
+    process = start_server("Azurite", [str(AZURITE_BIN), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location",
                                  str(workdir / "azurite"), "--skipApiVersionCheck", "--silent"],
                      f"http://127.0.0.1:{port}", workdir / "azurite.log")
     connection = (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"

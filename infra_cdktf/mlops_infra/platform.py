@@ -198,7 +198,7 @@ class PlatformStack(TerraformStack):
                          name="platform-ui-access", after=["gateway", "cert-manager", "raw"])
 
         _, dagster_sa = SERVICE_ACCOUNTS["dagster"]
-        run_env = self.run_env = run_environment(env, inputs)
+        run_env = run_environment(env, inputs)
         self.release("dagster", {
             "global": {"serviceAccountName": dagster_sa},
             "serviceAccount": {"create": False, "name": dagster_sa},

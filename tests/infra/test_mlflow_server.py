@@ -10,12 +10,11 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import requests
 
-from tests.emulators import postgres_server
+from tests.emulators import Emulator, postgres_server, start_server
 from tests.infra.conftest import releases, values
 from tests.support import REPO, free_port
 
@@ -88,23 +87,11 @@ def test_the_server_answers_the_clients_in_cluster_name_on_postgresql(synthesize
                                   timeout=300)
         assert migrated.returncode == 0, migrated.stderr[-2000:]
         port = free_port()
-        mlflow = str(Path(sys.executable).parent / "mlflow")
-        with open(tmp_path / "mlflow.log", "wb") as log:
-            server = subprocess.Popen([mlflow, *chart_server_args(release, port)], env=env, stdout=log,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
+        base = f"http://127.0.0.1:{port}"
+        server = Emulator("mlflow", base, process=start_server(
+            "MLflow server", [str(Path(sys.executable).parent / "mlflow"), *chart_server_args(release, port)],
+            f"{base}/health", tmp_path / "mlflow.log", timeout=120, env=env))
         try:
-            base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 120
-            while True:
-                assert server.poll() is None, (tmp_path / "mlflow.log").read_text()[-3000:]
-                try:
-                    if requests.get(f"{base}/health", timeout=2).ok:
-                        break
-                except requests.ConnectionError:
-                    pass
-                assert time.monotonic() < deadline, (tmp_path / "mlflow.log").read_text()[-3000:]
-                time.sleep(0.5)
-
             def call(host: str) -> requests.Response:
                 return requests.post(f"{base}/api/2.0/mlflow/experiments/create", headers={"Host": host},
                                      json={"name": f"from-{host}"}, timeout=10)
@@ -119,5 +106,4 @@ def test_the_server_answers_the_clients_in_cluster_name_on_postgresql(synthesize
             refused = call("attacker.example")
             assert refused.status_code == 403, "the allow-list is what admits the cluster's clients"
         finally:
-            os.killpg(server.pid, 9)
-            server.wait(timeout=30)
+            server.stop()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 
-import kubernetes_validate
 import pytest
 
 from mlops_infra.ui_access import GATEWAY, GATEWAY_NAMESPACE, UIS, UiAccess
@@ -95,10 +94,7 @@ def test_the_ui_objects_are_valid_against_their_upstream_schemas(with_ui):
     External Secrets 2.9.0's ExternalSecret, each with its CEL rules; network policies against Kubernetes 1.33."""
     objects = values(releases(with_ui)["platform-ui-access"])["resources"]
     for obj in objects:
-        if (obj["apiVersion"], obj["kind"]) in upstream.CRDS:
-            upstream.validate_custom_resource(obj)
-        else:
-            kubernetes_validate.validate(obj, "1.33", strict=True)
+        upstream.validate_object(obj)
 
 
 def test_hosts_certificate_redirects_and_mlflow_agree(with_ui):

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 
 import jsonschema
-import kubernetes_validate
 import pytest
 import yaml
 
@@ -34,10 +33,7 @@ def test_every_kubernetes_object_in_deploy_is_valid_against_its_upstream_schema(
     assert {("gateway.networking.k8s.io/v1", "Gateway"), ("monitoring.coreos.com/v1", "PodMonitor"),
             ("monitoring.coreos.com/v1", "PrometheusRule"), ("rbac.authorization.k8s.io/v1", "Role")} <= kinds
     for obj in objects:
-        if (obj["apiVersion"], obj["kind"]) in upstream.CRDS:
-            upstream.validate_custom_resource(obj)
-        else:
-            kubernetes_validate.validate(obj, "1.33", strict=True)
+        upstream.validate_object(obj)
 
 
 RAW_RELEASES = ("platform-manifests", "platform-gateway", "platform-monitoring", "karpenter-node-pools")
@@ -54,10 +50,7 @@ def test_every_object_the_stacks_apply_is_valid_against_its_upstream_schema(synt
     assert {"ClusterSecretStore", "ExternalSecret", "NetworkPolicy", "ValidatingAdmissionPolicy"} <= kinds
     assert ({"NodePool", "EC2NodeClass"} <= kinds) is stack_id.startswith("aws")
     for obj in objects:
-        if (obj["apiVersion"], obj["kind"]) in upstream.CRDS:
-            upstream.validate_custom_resource(obj)
-        else:
-            kubernetes_validate.validate(obj, "1.33", strict=True)
+        upstream.validate_object(obj)
 
 
 def test_every_namespaced_object_the_raw_chart_applies_names_its_namespace(synthesized):

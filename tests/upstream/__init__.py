@@ -102,13 +102,24 @@ def strict(schema: Any) -> Any:
 
 
 @cache
+def crd(name: str, kind: str | None = None) -> dict:
+    """The CustomResourceDefinition in the file (of `kind`, where the file holds several)."""
+    [found] = [d for d in read(name) if d.get("kind") == "CustomResourceDefinition"
+               and (kind is None or d["spec"]["names"]["kind"] == kind)]
+    return found
+
+
+@cache
+def raw_crd_schema(name: str, version: str, kind: str | None = None) -> dict:
+    """The OpenAPI schema of one served version of the CRD, as published (defaults and CEL rules included)."""
+    [served] = [v for v in crd(name, kind)["spec"]["versions"] if v["name"] == version]
+    return served["schema"]["openAPIV3Schema"]
+
+
+@cache
 def crd_schema(name: str, version: str, kind: str | None = None) -> dict:
-    """The strict JSON schema of one served version of a CustomResourceDefinition (of `kind`, where the file holds
-    several)."""
-    [crd] = [d for d in read(name) if d.get("kind") == "CustomResourceDefinition"
-             and (kind is None or d["spec"]["names"]["kind"] == kind)]
-    [served] = [v for v in crd["spec"]["versions"] if v["name"] == version]
-    return strict(served["schema"]["openAPIV3Schema"])
+    """The strict JSON schema of one served version of the CRD."""
+    return strict(raw_crd_schema(name, version, kind))
 
 
 @cache
@@ -156,9 +167,7 @@ def namespaced(obj: dict) -> bool:
     kinds the platform creates, the admission policies and their bindings are cluster-wide."""
     key = (obj["apiVersion"], obj["kind"])
     if key in CRDS:
-        [crd] = [d for d in read(CRDS[key]) if d.get("kind") == "CustomResourceDefinition"
-                 and d["spec"]["names"]["kind"] == obj["kind"]]
-        return crd["spec"]["scope"] == "Namespaced"
+        return crd(CRDS[key], obj["kind"])["spec"]["scope"] == "Namespaced"
     return obj["kind"] not in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "ClusterRole",
                                "ClusterRoleBinding", "Namespace", "StorageClass", "PriorityClass")
 
@@ -175,6 +184,17 @@ def validate_custom_resource(obj: dict) -> None:
         raise RuleViolation(f"{obj['kind']} {obj['metadata'].get('name')}: " + "; ".join(broken))
 
 
+def validate_object(obj: dict) -> None:
+    """A custom resource against its upstream CRD and rules; a built-in kind against Kubernetes 1.33's own schema,
+    strictly."""
+    if (obj["apiVersion"], obj["kind"]) in CRDS:
+        validate_custom_resource(obj)
+    else:
+        import kubernetes_validate
+
+        kubernetes_validate.validate(obj, "1.33", strict=True)
+
+
 def chart_values_problems(defaults: dict, values: dict, path: str = "") -> list[str]:
     """Keys we set that the chart's own values.yaml does not have: Helm drops those silently. An empty map in the
     chart's defaults (e.g. `podAnnotations: {}`) takes any keys; so does anything below a list or a scalar."""
@@ -186,13 +206,6 @@ def chart_values_problems(defaults: dict, values: dict, path: str = "") -> list[
         elif isinstance(value, dict) and isinstance(defaults[key], dict) and defaults[key]:
             problems += chart_values_problems(defaults[key], value, here)
     return problems
-
-
-@cache
-def _raw_crd_schema(name: str, version: str, kind: str) -> dict:
-    [crd] = [d for d in read(name) if d.get("kind") == "CustomResourceDefinition" and d["spec"]["names"]["kind"] == kind]
-    [served] = [v for v in crd["spec"]["versions"] if v["name"] == version]
-    return served["schema"]["openAPIV3Schema"]
 
 
 def with_defaults(value: Any, schema: dict) -> Any:
@@ -264,7 +277,7 @@ def cel_rule_results(obj: dict) -> list[tuple[str, str, bool | str]]:
     import celpy
 
     key = (obj["apiVersion"], obj["kind"])
-    schema = _raw_crd_schema(CRDS[key], obj["apiVersion"].rsplit("/", 1)[1], obj["kind"])
+    schema = raw_crd_schema(CRDS[key], obj["apiVersion"].rsplit("/", 1)[1], obj["kind"])
     results: list[tuple[str, str, bool | str]] = []
 
     def walk(value: Any, node: dict, path: str) -> None:
